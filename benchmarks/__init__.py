@@ -1,0 +1,1 @@
+"""Latency and throughput benchmarks: model, server, pipeline, face tracking."""

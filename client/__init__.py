@@ -1,0 +1,1 @@
+"""Everything a program needs to use the served lip-sync model (no PyTorch required)."""

@@ -1,0 +1,308 @@
+"""`lipsync`: dub a face video or still image with a new audio track (the paper's offline use case).
+
+Frames stream through decode -> track -> crop -> model -> blend -> encode in batches, so memory
+stays flat for long videos. The original Wav2Lip inference flags are accepted unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from client import contract
+from client.audio import AudioError, load_audio, mel_windows, melspectrogram
+from client.backends import (
+    BACKEND_NAMES,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_ONNX_MODEL,
+    BackendError,
+    LipSyncBackend,
+    create_backend,
+)
+from client.blend import blend_face
+from client.cli_config import add_dataclass_arguments, config_from_args, write_resolved_config
+from client.face_crop import CropRegion, crop_face, model_face_input, pad_box
+from client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
+from client.stage_timer import StageTimer
+from client.video_io import FaceSourceInfo, MediaError, Mp4Writer, iter_face_frames, probe_face_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LipSyncConfig:
+    face: Path = field(metadata={"help": "face video or still image"})
+    audio: Path = field(metadata={"help": "speech audio: any file PyAV reads (wav, mp3, m4a, a video's soundtrack)"})
+    checkpoint_path: Path | None = field(
+        default=None,
+        metadata={"help": "generator weights: .onnx, our .pt, or a released wav2lip(.pth|_gan.pth|-SD-*.pt)"},
+    )
+    outfile: Path = field(default=Path("results/result_voice.mp4"), metadata={"help": "output MP4"})
+    static: bool = field(default=False, metadata={"help": "use only the first video frame"})
+    fps: float = field(default=25.0, metadata={"help": "frame rate for a still-image input"})
+    pads: tuple[int, ...] = field(
+        default=(0, 10, 0, 0), metadata={"nargs": 4, "help": "padding top bottom left right, in pixels"}
+    )
+    face_det_batch_size: int = field(
+        default=16, metadata={"help": "accepted for compatibility; the tracker works frame by frame"}
+    )
+    wav2lip_batch_size: int = field(default=128, metadata={"help": "frames per model call"})
+    resize_factor: int = field(default=1, metadata={"help": "divide the frame size by this integer first"})
+    crop: tuple[int, ...] = field(
+        default=(0, -1, 0, -1), metadata={"nargs": 4, "help": "crop top bottom left right after resizing; -1 = edge"}
+    )
+    box: tuple[int, ...] = field(
+        default=(-1, -1, -1, -1), metadata={"nargs": 4, "help": "fixed face box y1 y2 x1 x2; skips detection"}
+    )
+    rotate: bool = field(default=False, metadata={"help": "rotate frames 90 degrees clockwise first"})
+    nosmooth: bool = field(default=False, metadata={"help": "no temporal smoothing of face boxes"})
+    backend: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", *BACKEND_NAMES),
+            "help": "auto: onnxruntime for .onnx weights, pytorch for .pth/.pt",
+        },
+    )
+    triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address for --backend triton"})
+    detect_every: int = field(default=5, metadata={"help": "run the detector every N frames, track in between"})
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"--fps must be positive, got {self.fps}")
+        if self.resize_factor < 1:
+            raise ValueError(f"--resize_factor must be an integer >= 1, got {self.resize_factor}")
+        if self.wav2lip_batch_size < 1:
+            raise ValueError(f"--wav2lip_batch_size must be >= 1, got {self.wav2lip_batch_size}")
+        for name in ("pads", "crop", "box"):
+            if len(getattr(self, name)) != 4:
+                raise ValueError(f"--{name} takes 4 integers, got {getattr(self, name)}")
+        if any(p < 0 for p in self.pads):
+            raise ValueError(f"--pads must be non-negative, got {self.pads}")
+        if self.uses_fixed_box:
+            y1, y2, x1, x2 = self.box
+            if y2 <= y1 or x2 <= x1:
+                raise ValueError(f"--box must be y1 y2 x1 x2 with y2 > y1 and x2 > x1, got {self.box}")
+
+    @property
+    def uses_fixed_box(self) -> bool:
+        return self.box[0] != -1
+
+
+@dataclass
+class LipSyncReport:
+    outfile: Path
+    frames: int = 0
+    frames_with_face: int = 0
+    frames_without_face: int = 0
+    frames_passed_through: int = 0  # the backend failed for these; written unchanged
+    audio_seconds: float = 0.0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    backend: str = ""
+    weights: str = ""
+    wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+    summary: str = ""
+
+
+class LipSyncError(RuntimeError):
+    """A user-facing failure of the offline job; printed without a traceback."""
+
+
+def output_size(info: FaceSourceInfo, config: LipSyncConfig) -> tuple[int, int]:
+    """Frame size after --resize_factor, --rotate and --crop, computed before any frame is decoded."""
+    width, height = info.width // config.resize_factor, info.height // config.resize_factor
+    if config.rotate:
+        width, height = height, width
+    top, bottom, left, right = config.crop
+    bottom = height if bottom == -1 else min(bottom, height)
+    right = width if right == -1 else min(right, width)
+    if bottom <= top or right <= left:
+        raise ValueError(f"--crop {config.crop} leaves no pixels of a {width}x{height} frame")
+    return right - left, bottom - top
+
+
+def transform_frame(frame: np.ndarray, config: LipSyncConfig) -> np.ndarray:
+    if config.resize_factor > 1:
+        frame = cv2.resize(
+            frame, (frame.shape[1] // config.resize_factor, frame.shape[0] // config.resize_factor), cv2.INTER_AREA
+        )
+    if config.rotate:
+        frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
+    top, bottom, left, right = config.crop
+    bottom = frame.shape[0] if bottom == -1 else bottom
+    right = frame.shape[1] if right == -1 else right
+    return np.ascontiguousarray(frame[top:bottom, left:right])
+
+
+def choose_backend(config: LipSyncConfig) -> LipSyncBackend:
+    """Resolve --backend auto from the weights file, as a Wav2Lip user passing a .pth would expect."""
+    name, weights = config.backend, config.checkpoint_path
+    if name == "auto":
+        if weights is None:
+            name = "onnxruntime" if DEFAULT_ONNX_MODEL.is_file() else "pytorch"
+        else:
+            name = "onnxruntime" if weights.suffix == ".onnx" else "pytorch"
+    if weights is not None and not weights.is_file():
+        raise FileNotFoundError(f"--checkpoint_path not found: {weights}")
+    if name == "onnxruntime":
+        return create_backend(name, model_path=weights or DEFAULT_ONNX_MODEL)
+    if name == "pytorch":
+        return create_backend(name, checkpoint=weights or DEFAULT_CHECKPOINT)
+    return create_backend(name, url=config.triton_url)
+
+
+def describe_weights(backend: LipSyncBackend) -> str:
+    """What weights the backend runs, and a plain warning when they were never trained."""
+    metadata = getattr(backend, "metadata", None) or {}
+    kind = metadata.get("weights", "unknown")
+    if kind == "random":
+        return "UNTRAINED random weights: the mouth will not follow the speech"
+    source = metadata.get("checkpoint") or str(getattr(backend, "model_path", "") or getattr(backend, "checkpoint", ""))
+    return f"{kind} ({source})" if source else kind
+
+
+def numbered_frames(info: FaceSourceInfo, config: LipSyncConfig) -> Iterator[tuple[bool, np.ndarray]]:
+    """(starts_a_new_loop, frame) pairs; the tracker is reset when a short clip loops back to its start."""
+    index = 0
+    for frame in iter_face_frames(info):
+        yield (index % info.frame_count == 0 and not info.is_still), transform_frame(frame, config)
+        index += 1
+
+
+def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
+    started = time.perf_counter()
+    timer = StageTimer()
+    with timer.stage("audio+mel"):
+        info = probe_face_source(config.face, static=config.static, fps=config.fps)
+        fps = config.fps if info.is_still else info.fps
+        wav = load_audio(config.audio)
+        if not np.isfinite(wav).all():
+            raise AudioError(f"{config.audio} decodes to NaN/inf samples")
+        windows = mel_windows(melspectrogram(wav), fps)
+    n_frames = len(windows)
+    width, height = output_size(info, config)
+    report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
+    report.audio_seconds = len(wav) / contract.SAMPLE_RATE
+
+    with timer.stage("load model"):
+        backend = choose_backend(config)
+    report.backend, report.weights = backend.name, describe_weights(backend)
+    log.info("backend %s, weights: %s", backend.name, report.weights)
+    if "UNTRAINED" in report.weights:
+        log.warning("%s", report.weights)
+
+    detector = FixedBoxDetector(config.box) if config.uses_fixed_box else MediaPipeFaceDetector()
+    tracker_config = TrackerConfig(detect_every=1 if info.is_still else config.detect_every)
+    if config.nosmooth:
+        tracker_config = TrackerConfig(detect_every=tracker_config.detect_every, smoothing=0.0)
+    tracker = FaceTracker(detector, tracker_config)
+    still_box = None  # a still image is detected once and the box reused, as the original did
+
+    writer = Mp4Writer(config.outfile, width=width, height=height, fps=fps)
+    frames = numbered_frames(info, config)
+    bar = tqdm(total=n_frames, unit="frame", desc="lipsync", disable=not progress)
+    try:
+        with timer.stage("audio encode"):
+            writer.write_audio_from(config.audio, n_frames / fps)
+        for start in range(0, n_frames, config.wav2lip_batch_size):
+            count = min(config.wav2lip_batch_size, n_frames - start)
+            batch_frames: list[np.ndarray] = []
+            regions: list[CropRegion | None] = []
+            with timer.stage("decode"):
+                for _ in range(count):
+                    new_loop, frame = next(frames)
+                    if new_loop:
+                        tracker.reset()
+                    batch_frames.append(frame)
+            with timer.stage("track"):
+                for frame in batch_frames:
+                    if info.is_still and still_box is not None:
+                        box = still_box
+                    else:
+                        box = tracker.update(frame)
+                        still_box = box if info.is_still else None
+                    regions.append(pad_box(box, frame.shape, config.pads) if box is not None else None)
+            with timer.stage("crop"):
+                with_face = [i for i, r in enumerate(regions) if r is not None]
+                faces = np.stack([model_face_input(crop_face(batch_frames[i], regions[i])) for i in with_face]) if with_face else None
+                mels = windows[start : start + count][with_face][:, None] if with_face else None
+            generated = None
+            if with_face:
+                with timer.stage("infer"):
+                    try:
+                        generated = backend.infer(mels.astype(np.float32), faces)
+                    except BackendError as exc:
+                        # Keep going: the frames are written unchanged, counted, and the job still finishes.
+                        log.warning("backend failed on frames %d-%d, passing them through: %s", start, start + count - 1, exc)
+                        report.frames_passed_through += len(with_face)
+            with timer.stage("blend"):
+                out_frames = list(batch_frames)
+                if generated is not None:
+                    for j, i in enumerate(with_face):
+                        out_frames[i] = blend_face(batch_frames[i], generated[j], regions[i])
+            with timer.stage("encode"):
+                for frame in out_frames:
+                    writer.write_video(frame)
+            report.frames += count
+            report.frames_with_face += len(with_face)
+            report.frames_without_face += count - len(with_face)
+            bar.update(count)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log.warning("interrupted: keeping the %d frames written so far", report.frames)
+    finally:
+        bar.close()
+        with timer.stage("encode"):
+            writer.close()
+        backend.close()
+    report.wall_seconds = time.perf_counter() - started
+    report.stage_seconds = timer.as_dict()
+    report.summary = timer.summary(report.frames, report.wall_seconds)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lipsync",
+        description="Lip-sync a face video or image to an audio track. Output is an MP4 marked as synthetic.",
+    )
+    add_dataclass_arguments(parser, LipSyncConfig)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(LipSyncConfig, args)
+        report = run(config, progress=not args.quiet)
+    except (MediaError, AudioError, BackendError, FileNotFoundError, ValueError, LipSyncError) as exc:
+        print(f"lipsync: error: {exc}", file=sys.stderr)
+        return 2
+    write_resolved_config(config, config.outfile.with_suffix(".json"), {"report": report.__dict__})
+    if not args.quiet:
+        print(f"\nwrote {report.outfile}: {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, "
+              f"{report.audio_seconds:.2f} s audio")
+        print(f"backend: {report.backend}; weights: {report.weights}")
+        print(f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
+              f"(passed through), {report.frames_passed_through} passed through after backend errors")
+        print(report.summary)
+    return 130 if report.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

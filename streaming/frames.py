@@ -1,0 +1,93 @@
+"""The media and control frames that flow through a session, all stamped on one clock.
+
+The clock is the session's speech position in samples at 16 kHz (`CLOCK_RATE`): sample 0 is
+the session's start, a video frame's `pts` is the clock reading when it was captured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from client import contract
+
+CLOCK_RATE = contract.SAMPLE_RATE
+
+
+def seconds_to_clock(seconds: float) -> int:
+    return round(seconds * CLOCK_RATE)
+
+
+def clock_to_seconds(pts: int) -> float:
+    return pts / CLOCK_RATE
+
+
+@dataclass(frozen=True, eq=False)
+class VideoFrame:
+    """A camera (or presenter) picture: BGR uint8 (h, w, 3), captured at clock `pts`."""
+
+    pts: int
+    image: np.ndarray
+    index: int  # order of arrival in this session, from 0
+    arrived: float  # time.monotonic() when the gateway received it
+
+
+@dataclass(frozen=True, eq=False)
+class AudioChunk:
+    """Speech samples, float32 mono at 16 kHz, the first one at clock `pts`."""
+
+    pts: int
+    samples: np.ndarray
+
+    @property
+    def end(self) -> int:
+        return self.pts + len(self.samples)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceFrame:
+    """A video frame after face tracking: where the face is and the model's face input, if any."""
+
+    video: VideoFrame
+    region: object | None  # client.face_crop.CropRegion; None when no face is in view
+    face_input: np.ndarray | None  # (6, 96, 96) float32
+    track_s: float  # seconds spent tracking and cropping
+
+
+@dataclass(frozen=True, eq=False)
+class OutputFrame:
+    """What the outgoing video track sends for one input frame.
+
+    `outcome` says why it looks the way it does: "generated", or a pass-through reason:
+    "silence", "no_face", "backend_unavailable", "timeout", "error".
+    """
+
+    video: VideoFrame
+    image: np.ndarray
+    outcome: str
+    stage_s: dict[str, float] = field(default_factory=dict)
+    ready: float = 0.0  # time.monotonic() when the picture was ready to send
+
+    @property
+    def pts(self) -> int:
+        return self.video.pts
+
+    @property
+    def generated(self) -> bool:
+        return self.outcome == "generated"
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """New speech replaces old: discard speech queued after `pts` (control, overtakes media)."""
+
+    pts: int | None = None
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """No more input will come on this stream (control)."""
+
+
+ControlFrame = Interrupt | EndOfStream
