@@ -1,0 +1,111 @@
+"""The gateway's settings: one frozen dataclass, validated on creation; the CLI is generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from client import contract
+from client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
+
+BACKENDS = ("triton", "onnxruntime", "pytorch")
+TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"
+
+
+def _opt(help: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": help, **kwargs.pop("meta", {})}, **kwargs)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = _opt("address to listen on", default="127.0.0.1")
+    port: int = _opt("TCP port (0 picks a free one)", default=8080)
+    token: str | None = _opt(f"bearer token required for /offer, /speech and stats (or set {TOKEN_ENV})", default=None)
+    backend: str = _opt("where the generator runs", default="triton", meta={"choices": BACKENDS})
+    triton_url: str = _opt("Triton gRPC address (backend=triton)", default="127.0.0.1:8001")
+    model: str = _opt("served model name (backend=triton)", default=contract.EMBEDDED_MODEL)
+    model_path: str | None = _opt("ONNX model or checkpoint for the in-process backends", default=None)
+    backend_timeout_s: float = _opt("give up on one inference request after this long", default=1.0)
+    backend_retry_s: float = _opt("after the backend is found down, pass frames through this long before retrying", default=1.0)
+    fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
+    lookahead_ms: int = _opt("how far into the future the mel window of a frame reaches", default=200)
+    compute_budget_ms: int = _opt("time a frame may spend in tracking, inference and blending", default=150)
+    inference_concurrency: int = _opt("requests in flight per session", default=6)
+    max_sessions: int = _opt("concurrent sessions; more get 503", default=4)
+    max_request_bytes: int = _opt("largest /offer body", default=128 * 1024)
+    max_sdp_bytes: int = _opt("largest SDP inside an offer", default=64 * 1024)
+    max_frame_width: int = _opt("wider incoming video frames are dropped and counted", default=1920)
+    max_frame_height: int = _opt("taller incoming video frames are dropped and counted", default=1080)
+    max_speech_seconds: float = _opt("pushed speech queued ahead of playback per session; more is refused", default=60.0)
+    max_speech_message_bytes: int = _opt("largest binary message on /speech", default=1024 * 1024)
+    vad_mode: int = _opt("webrtcvad aggressiveness 0..3", default=3)
+    vad_hangover_ms: int = _opt("keep the mouth moving this long after speech stops", default=120)
+    vad_energy_dbfs: float = _opt("frames quieter than this are silence whatever the VAD says", default=-50.0)
+    presenter_image: str | None = _opt("still face for presenter sessions", default=None)
+    presenter_clip: str | None = _opt("looping face clip for presenter sessions", default=None)
+    ice_loopback: bool = _opt("offer 127.0.0.1 as an ICE host candidate (loopback tests, same-host peers)", default=False)
+    session_idle_s: float = _opt("close a session whose peer sent nothing for this long", default=30.0)
+    log_level: str = _opt("logging level", default="INFO")
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not 1 <= self.fps <= 60:
+            raise ValueError(f"fps must be in 1..60, got {self.fps}")
+        if not 0 <= self.lookahead_ms <= 1000:
+            raise ValueError(f"lookahead_ms must be in 0..1000, got {self.lookahead_ms}")
+        if not 10 <= self.compute_budget_ms <= 5000:
+            raise ValueError(f"compute_budget_ms must be in 10..5000, got {self.compute_budget_ms}")
+        if not 0 <= self.vad_mode <= 3:
+            raise ValueError(f"vad_mode must be in 0..3, got {self.vad_mode}")
+        for name in ("max_sessions", "inference_concurrency", "max_request_bytes", "max_sdp_bytes",
+                     "max_frame_width", "max_frame_height", "max_speech_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.backend_timeout_s <= 0 or self.backend_retry_s < 0 or self.max_speech_seconds <= 0:
+            raise ValueError("backend_timeout_s and max_speech_seconds must be positive, backend_retry_s not negative")
+        if self.presenter_image and self.presenter_clip:
+            raise ValueError("give presenter_image or presenter_clip, not both")
+        for name in ("presenter_image", "presenter_clip"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"{name} {path!r} is not a file")
+
+    @property
+    def delay_ms(self) -> int:
+        """The added delay every session holds video and audio back by: look-ahead + compute budget."""
+        return self.lookahead_ms + self.compute_budget_ms
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword arguments for client.backends.create_backend."""
+        if self.backend == "triton":
+            return {"url": self.triton_url, "model": self.model, "timeout_s": self.backend_timeout_s}
+        if self.backend == "onnxruntime":
+            return {"model_path": self.model_path} if self.model_path else {}
+        return {"checkpoint": self.model_path} if self.model_path else {}
+
+    def public(self) -> dict[str, Any]:
+        """The resolved config without the secret, for logs and /healthz."""
+        data = asdict(self)
+        data["token"] = "***" if self.token else None
+        return data
+
+
+def parse_args(argv: list[str] | None = None) -> GatewayConfig:
+    parser = argparse.ArgumentParser(prog="lipsync-gateway", description="WebRTC lip-sync gateway")
+    parser.add_argument("--config", type=Path, default=None, help="JSON file of GatewayConfig keys (flags override)")
+    add_dataclass_arguments(parser, GatewayConfig)
+    args = parser.parse_args(argv)
+    config = config_from_args(GatewayConfig, args)
+    if args.config is not None:
+        explicit = {k: v for k, v in vars(args).items() if k != "config" and v != parser.get_default(k)}
+        config = config_from_mapping(GatewayConfig, {**json.loads(args.config.read_text()), **explicit})
+    if config.token is None and os.environ.get(TOKEN_ENV):
+        config = replace(config, token=os.environ[TOKEN_ENV])
+    return config

@@ -1,0 +1,189 @@
+"""The offline `lipsync` command end to end: real files through PyAV, a real (tiny, random) network."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.synthetic_media import moving_face_clip
+
+pytestmark = pytest.mark.integration
+
+FPS = 25
+SIZE = (320, 240)
+SECONDS = 2.0
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = FPS) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.options = {"crf": "10"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def speech_like(seconds: float, rate: int = 44_100) -> np.ndarray:
+    """Voiced bursts (harmonics of 140 Hz, syllable-rate envelope) and pauses: speech-shaped, stereo."""
+    t = np.arange(int(seconds * rate)) / rate
+    voice = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12))
+    envelope = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 2
+    mono = 0.3 * voice * envelope / 3
+    return np.stack([mono, mono]).astype(np.float32)
+
+
+def write_audio(path: Path, samples: np.ndarray, rate: int = 44_100, codec: str = "aac") -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def decode_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from training.networks.checkpoints import save_checkpoint
+    from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
+
+    torch.manual_seed(0)
+    config = Wav2LipConfig(width=0.125)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_checkpoint(path, model=Wav2Lip(config), config=config, step=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("media")
+    clip = moving_face_clip(int(SECONDS * FPS), size=SIZE, fps=FPS, seed=3)
+    write_video(root / "face.mp4", clip.frames)
+    write_audio(root / "speech.m4a", speech_like(SECONDS))
+    return {"video": root / "face.mp4", "audio": root / "speech.m4a", "clip": clip}
+
+
+def run_lipsync(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "client.lipsync", "--quiet", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_video_dubbing_changes_the_mouth_and_nothing_else(inputs: dict, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    result = run_lipsync(
+        "--face", str(inputs["video"]), "--audio", str(inputs["audio"]), "--outfile", str(out),
+        "--checkpoint_path", str(tiny_checkpoint), "--backend", "pytorch",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    with av.open(str(out)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.width, video.height) == SIZE
+        assert video.average_rate == Fraction(FPS)
+        assert audio.codec_context.name == "aac"
+        assert video.codec_context.name == "h264"
+        assert "SYNTHETIC" in container.metadata.get("comment", "")
+        audio_seconds = float(audio.duration * audio.time_base)
+    out_frames = decode_frames(out)
+    # One frame per mel window, as the original: 2 s of audio at 25 fps (AAC priming may add a frame).
+    assert abs(len(out_frames) - SECONDS * FPS) <= 2
+    assert abs(audio_seconds - len(out_frames) / FPS) < 0.06
+
+    in_frames = decode_frames(inputs["video"])
+    mouth_changes, outside_changes = [], []
+    for i, (got, box) in enumerate(zip(out_frames, inputs["clip"].boxes, strict=False)):
+        want = in_frames[i % len(in_frames)].astype(np.int16)
+        diff = np.abs(got.astype(np.int16) - want).max(axis=2)
+        x1, y1, x2, y2 = box.as_int()
+        mouth = diff[y1 + (y2 - y1) * 6 // 10 : y2, x1 + (x2 - x1) // 4 : x2 - (x2 - x1) // 4]
+        outside = np.ones_like(diff, dtype=bool)
+        # The blend can reach into the padding below the chin; everything beyond a generous margin must stay.
+        pad_x, pad_y = (x2 - x1) // 2, (y2 - y1) // 2
+        outside[max(0, y1 - pad_y) : y2 + pad_y, max(0, x1 - pad_x) : x2 + pad_x] = False
+        mouth_changes.append(float(mouth.mean()))
+        outside_changes.append(float(np.percentile(diff[outside], 99)))
+    # A random network draws something far from the real mouth: a large change inside the mouth box.
+    assert np.median(mouth_changes) > 12, mouth_changes
+    # Outside the face, only the codec's rounding: the 99th percentile stays within a few levels.
+    assert max(outside_changes) <= 8, outside_changes
+
+
+def test_still_image_loops_for_the_audio_duration(tiny_checkpoint: Path, inputs: dict, tmp_path: Path) -> None:
+    image = tmp_path / "face.v1.png"  # two dots: the original misread such names
+    cv2.imwrite(str(image), inputs["clip"].frames[0])
+    out = tmp_path / "still.mp4"
+    result = run_lipsync(
+        "--face", str(image), "--audio", str(inputs["audio"]), "--outfile", str(out),
+        "--checkpoint_path", str(tiny_checkpoint), "--fps", "30",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].average_rate == Fraction(30)
+    frames = decode_frames(out)
+    assert abs(len(frames) - SECONDS * 30) <= 2
+
+
+def test_frames_without_a_face_pass_through(tiny_checkpoint: Path, inputs: dict, tmp_path: Path) -> None:
+    from benchmarks.synthetic_media import frame_without_face
+
+    empty = [frame_without_face(SIZE)] * 10
+    video = tmp_path / "noface.mp4"
+    write_video(video, empty)
+    out = tmp_path / "noface_out.mp4"
+    result = run_lipsync(
+        "--face", str(video), "--audio", str(inputs["audio"]), "--outfile", str(out),
+        "--checkpoint_path", str(tiny_checkpoint),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = decode_frames(out)
+    want = decode_frames(video)
+    assert len(got) >= 45  # the 10-frame clip loops for the whole audio
+    for i, frame in enumerate(got):
+        assert np.abs(frame.astype(int) - want[i % len(want)].astype(int)).mean() < 1.5
+
+
+@pytest.mark.parametrize(
+    ("face", "audio", "message"),
+    [
+        ("missing.mp4", "speech.m4a", "not found"),
+        ("face.mp4", "corrupt.wav", "corrupt.wav"),
+        ("face.mp4", "face.mp4", "audio"),
+        ("corrupt.mp4", "speech.m4a", "corrupt.mp4"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_not_a_traceback(
+    inputs: dict, tiny_checkpoint: Path, tmp_path: Path, face: str, audio: str, message: str
+) -> None:
+    media = inputs["video"].parent
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage" * 10)
+    (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+
+    def where(name: str) -> str:
+        return str(tmp_path / name) if name.startswith(("corrupt", "missing")) else str(media / name)
+
+    result = run_lipsync(
+        "--face", where(face), "--audio", where(audio), "--outfile", str(tmp_path / "x.mp4"),
+        "--checkpoint_path", str(tiny_checkpoint),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr

@@ -1,0 +1,199 @@
+"""The four networks: keys, shapes and sizes equal the released models; forward passes behave as documented."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.networks.blocks import Conv2d, NoNormConv2d
+from training.networks.checkpoints import count_parameters
+from training.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
+from training.networks.syncnet import SyncNet, SyncNetConfig, sync_loss, sync_probability
+from training.networks.syncnet_v2 import SyncNetV2
+from training.networks.wav2lip import Wav2Lip, Wav2LipConfig, build
+
+pytestmark = pytest.mark.unit
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+
+# (network factory, reference key table, parameter count measured on the reference code)
+FULL_WIDTH = {
+    "wav2lip": (Wav2Lip, "wav2lip_state_dict_keys.tsv", 36_298_035),
+    "syncnet_color": (SyncNet, "syncnet_color_state_dict_keys.tsv", 16_435_072),
+    "disc_qual": (QualityDiscriminator, "wav2lip_disc_qual_state_dict_keys.tsv", 14_113_793),
+    "syncnet_v2_S": (SyncNetV2, "syncnet_v2_S_state_dict_keys.tsv", 13_631_616),
+}
+
+
+def reference_keys(name: str) -> dict[str, tuple[int, ...]]:
+    """Parse a reference table: one `key<TAB>(d0, d1, ...)` per line, in state_dict order."""
+    path = REFERENCE / name
+    assert path.is_file(), f"reference table {path} is missing (the shared/ folder must sit beside the checkout)"
+    table = {}
+    for line in path.read_text().splitlines():
+        key, shape = line.split("\t")
+        table[key] = tuple(ast.literal_eval(shape))
+    return table
+
+
+@pytest.fixture(scope="module", params=sorted(FULL_WIDTH))
+def full_width(request):
+    factory, table, params = FULL_WIDTH[request.param]
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = factory()
+    return model, reference_keys(table), params
+
+
+def test_state_dict_keys_and_shapes_equal_the_release(full_width):
+    model, reference, _ = full_width
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours) == list(reference)  # same keys in the same order
+    wrong = {k: (ours[k], reference[k]) for k in reference if ours[k] != reference[k]}
+    assert not wrong
+
+
+def test_parameter_counts_equal_the_release(full_width):
+    model, _, params = full_width
+    assert count_parameters(model) == params
+
+
+def test_full_width_generator_forward():
+    torch.manual_seed(0)
+    model = build(Wav2LipConfig()).eval()
+    with torch.inference_mode():
+        out = model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
+    assert out.shape == (2, 3, 96, 96)
+    assert out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("width", [0.25, 0.375, 0.5])
+def test_narrow_generator_keeps_topology(width):
+    narrow = Wav2Lip(Wav2LipConfig(width=width)).eval()
+    full_keys = list(reference_keys("wav2lip_state_dict_keys.tsv"))
+    assert list(narrow.state_dict()) == full_keys
+    assert narrow.state_dict()["face_encoder_blocks.0.0.conv_block.0.weight"].shape[0] == round(16 * width)
+    assert count_parameters(narrow) < 36_298_035 * width**2 * 1.1
+    with torch.inference_mode():
+        out = narrow(torch.randn(3, 1, 80, 16), torch.rand(3, 6, 96, 96))
+    assert out.shape == (3, 3, 96, 96)
+
+
+def test_generator_is_per_sample_in_eval_mode():
+    # The backend pads batches with stale rows (CUDA graphs): no row may influence another.
+    torch.manual_seed(0)
+    model = Wav2Lip(Wav2LipConfig(width=0.25)).eval()
+    mel, face = torch.randn(4, 1, 80, 16), torch.rand(4, 6, 96, 96)
+    with torch.inference_mode():
+        together = model(mel, face)
+        alone = torch.cat([model(mel[i : i + 1], face[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_generator_rejects_time_folded_inputs():
+    model = Wav2Lip(Wav2LipConfig(width=0.25))
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.randn(1, 5, 1, 80, 16), torch.rand(1, 6, 5, 96, 96))
+
+
+@pytest.mark.parametrize("config_cls", [Wav2LipConfig, SyncNetConfig, QualityDiscConfig])
+@pytest.mark.parametrize("width", [0.0, -0.5, 1.01, 0.1])
+def test_config_rejects_bad_widths(config_cls, width):
+    with pytest.raises(ValueError, match="width"):
+        config_cls(width=width)
+
+
+def test_config_is_frozen_and_names_the_narrowest_width():
+    config = Wav2LipConfig(width=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.width = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"width >= 0\.21875"):
+        Wav2LipConfig(width=0.2)
+    assert Wav2LipConfig(width=0.21875).ch(16) == 4
+
+
+def test_residual_is_added_after_batchnorm_before_relu():
+    torch.manual_seed(0)
+    block = Conv2d(8, 8, 3, 1, 1, residual=True).eval()
+    block.conv_block[1].running_mean.normal_()
+    block.conv_block[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 5, 5)
+    expected = F.relu(block.conv_block[1](block.conv_block[0](x)) + x)
+    torch.testing.assert_close(block(x), expected)
+    with pytest.raises(ValueError, match="cin == cout"):
+        Conv2d(8, 16, 3, 1, 1, residual=True)
+
+
+def test_nonorm_block_is_conv_then_leaky_relu():
+    block = NoNormConv2d(3, 4, 3, 1, 1)
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(block(x), F.leaky_relu(block.conv_block[0](x), 0.01))
+    assert [k for k in block.state_dict()] == ["conv_block.0.weight", "conv_block.0.bias"]
+
+
+def test_syncnet_embeddings_and_loss():
+    torch.manual_seed(0)
+    model = SyncNet(SyncNetConfig(width=0.25)).eval()
+    with torch.inference_mode():
+        audio, face = model(torch.randn(4, 1, 80, 16), torch.rand(4, 15, 48, 96))
+    assert audio.shape == face.shape == (4, model.config.embedding_dim) == (4, 128)
+    torch.testing.assert_close(audio.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(face.norm(dim=1), torch.ones(4))
+    assert (audio >= 0).all() and (face >= 0).all()  # ReLU embeddings: cosine lies in [0, 1]
+
+    p = sync_probability(audio, face)
+    torch.testing.assert_close(p, (audio * face).sum(dim=1))
+    assert ((0 <= p) & (p <= 1)).all()
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    expected = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    torch.testing.assert_close(sync_loss(audio, face, target), expected)
+    torch.testing.assert_close(sync_loss(audio, face, target.unsqueeze(1)), expected)
+
+
+def test_sync_loss_is_finite_for_orthogonal_embeddings():
+    audio = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    face = torch.tensor([[0.0, 1.0]])
+    loss = sync_loss(audio, face, torch.ones(1))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 10
+    assert torch.isfinite(audio.grad).all()
+
+
+def test_full_width_syncnet_forward():
+    model = SyncNet().eval()
+    with torch.inference_mode():
+        audio, face = model(torch.randn(1, 1, 80, 16), torch.rand(1, 15, 48, 96))
+    assert audio.shape == face.shape == (1, 512)
+
+
+def test_quality_disc_judges_only_the_lower_half():
+    torch.manual_seed(0)
+    model = QualityDiscriminator(QualityDiscConfig(width=0.25)).eval()
+    faces = torch.rand(3, 3, 96, 96)
+    with torch.inference_mode():
+        p = model(faces)
+        upper_changed = faces.clone()
+        upper_changed[:, :, :48] = torch.rand(3, 3, 48, 96)
+        lower_changed = faces.clone()
+        lower_changed[:, :, 48:] = torch.rand(3, 3, 48, 96)
+        assert p.shape == (3, 1)
+        assert ((0 < p) & (p < 1)).all()
+        torch.testing.assert_close(model(upper_changed), p)
+        assert not torch.allclose(model(lower_changed), p)
+    with pytest.raises(ValueError, match="96"):
+        model(torch.rand(3, 3, 48, 96))
+
+
+def test_syncnet_v2_embeddings():
+    torch.manual_seed(0)
+    model = SyncNetV2().eval()
+    with torch.inference_mode():
+        lip = model.forward_lip(torch.rand(2, 3, 5, 224, 224) * 255)
+        aud = model.forward_aud(torch.randn(2, 1, 13, 20))
+    assert lip.shape == aud.shape == (2, 1024)
+    assert torch.isfinite(lip).all() and torch.isfinite(aud).all()
