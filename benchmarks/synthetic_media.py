@@ -141,13 +141,22 @@ def make_moving_face_clip(
     *,
     face_height: float = 0.3,
     speed: float | None = None,
+    noise: float = 0.0,
     seed: int = 0,
 ) -> SyntheticClip:
-    """A clip of the astronaut's face moving along face_path over a fixed textured background."""
+    """A clip of the astronaut's face moving along face_path over a fixed textured background.
+
+    noise: standard deviation of Gaussian sensor noise added to every frame (grey levels), which
+    makes a detector's boxes jitter as they do on a real camera.
+    """
     background = _background(size[0], size[1], seed)
+    rng = np.random.default_rng(seed)
     frames, boxes = [], []
     for cx, cy, fh in face_path(n_frames, size, fps, face_height=face_height, speed=speed):
         frame, box = render_face(background, (cx, cy), fh)
+        if noise > 0:
+            grain = rng.normal(0.0, noise, size=frame.shape).astype(np.float32)
+            frame = np.clip(frame + grain + 0.5, 0, 255).astype(np.uint8)
         frames.append(frame)
         boxes.append(box)
     return SyntheticClip(frames, boxes, fps)

@@ -134,7 +134,7 @@ def mel_basis() -> np.ndarray:
 # ----------------------------------------------------------------------------- mel spectrogram
 
 
-def _check_finite(wav: np.ndarray, what: str) -> None:
+def check_finite(wav: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(wav)):
         bad = np.flatnonzero(~np.isfinite(wav))
         kind = "NaN" if np.isnan(wav[bad[0]]) else "infinite"
@@ -177,7 +177,7 @@ def columns_from_padded(padded: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_pad_mode(pad_mode: str) -> None:
+def check_pad_mode(pad_mode: str) -> None:
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
 
@@ -194,15 +194,13 @@ def melspectrogram(wav: np.ndarray, pad_mode: str = "constant") -> np.ndarray:
     behaviour; "reflect" is librosa <= 0.8, which the original repository pinned (0.7.0). The two
     differ only in the first and last two columns.
     """
-    _check_pad_mode(pad_mode)
+    check_pad_mode(pad_mode)
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise AudioError(f"melspectrogram expects 1-D mono samples, got shape {wav.shape}")
     if wav.size == 0:
         raise AudioError("melspectrogram got empty audio (0 samples)")
-    if pad_mode == "reflect" and wav.size < 2:
-        raise AudioError(f"reflect padding needs at least 2 samples, got {wav.size}")
-    _check_finite(wav, "audio")
+    check_finite(wav, "audio")
     emphasised = preemphasis(wav)
     return columns_from_padded(np.pad(emphasised, N_FFT // 2, mode=pad_mode))
 
@@ -366,7 +364,7 @@ def downmix(samples: np.ndarray, channels_axis: int | None = None) -> np.ndarray
     return to_float(samples).mean(axis=axis)
 
 
-def _finish(mono: np.ndarray) -> np.ndarray:
+def clip_to_float32(mono: np.ndarray) -> np.ndarray:
     return np.clip(mono, -1.0, 1.0).astype(np.float32)
 
 
@@ -382,8 +380,8 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, channels_axis: int | None
     mono = downmix(samples, channels_axis)
     if mono.size == 0:
         raise AudioError(f"empty audio (shape {np.shape(samples)})")
-    _check_finite(mono, "audio")
-    return _finish(resample(mono, rate, SAMPLE_RATE))
+    check_finite(mono, "audio")
+    return clip_to_float32(resample(mono, rate, SAMPLE_RATE))
 
 
 # ----------------------------------------------------------------------------- decoding files
@@ -411,6 +409,8 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     out_rate = check_rate(sample_rate, "output sample rate")
     pieces: list[np.ndarray] = []
     in_rate = None
+    if path.is_file() and path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -427,6 +427,6 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     mono = np.concatenate(pieces) if pieces else np.zeros(0)
     if mono.size == 0:
         raise AudioError(f"{path}: the audio stream decodes to no samples")
-    _check_finite(mono, str(path))
+    check_finite(mono, str(path))
     logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, in_rate)
-    return _finish(resample(mono, check_rate(in_rate, f"{path}: sample rate"), out_rate))
+    return clip_to_float32(resample(mono, check_rate(in_rate, f"{path}: sample rate"), out_rate))

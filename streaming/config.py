@@ -30,7 +30,9 @@ class GatewayConfig:
     model: str = _opt("served model name (backend=triton)", default=contract.EMBEDDED_MODEL)
     model_path: str | None = _opt("ONNX model or checkpoint for the in-process backends", default=None)
     backend_timeout_s: float = _opt("give up on one inference request after this long", default=1.0)
-    backend_retry_s: float = _opt("after the backend is found down, pass frames through this long before retrying", default=1.0)
+    backend_retry_s: float = _opt(
+        "after the backend is found down, pass frames through this long before retrying", default=1.0
+    )
     fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
     lookahead_ms: int = _opt("how far into the future the mel window of a frame reaches", default=200)
     compute_budget_ms: int = _opt("time a frame may spend in tracking, inference and blending", default=150)
@@ -40,14 +42,18 @@ class GatewayConfig:
     max_sdp_bytes: int = _opt("largest SDP inside an offer", default=64 * 1024)
     max_frame_width: int = _opt("wider incoming video frames are dropped and counted", default=1920)
     max_frame_height: int = _opt("taller incoming video frames are dropped and counted", default=1080)
-    max_speech_seconds: float = _opt("pushed speech queued ahead of playback per session; more is refused", default=60.0)
+    max_speech_seconds: float = _opt(
+        "pushed speech queued ahead of playback per session; more is refused", default=60.0
+    )
     max_speech_message_bytes: int = _opt("largest binary message on /speech", default=1024 * 1024)
     vad_mode: int = _opt("webrtcvad aggressiveness 0..3", default=3)
     vad_hangover_ms: int = _opt("keep the mouth moving this long after speech stops", default=120)
     vad_energy_dbfs: float = _opt("frames quieter than this are silence whatever the VAD says", default=-50.0)
     presenter_image: str | None = _opt("still face for presenter sessions", default=None)
     presenter_clip: str | None = _opt("looping face clip for presenter sessions", default=None)
-    ice_loopback: bool = _opt("offer 127.0.0.1 as an ICE host candidate (loopback tests, same-host peers)", default=False)
+    ice_loopback: bool = _opt(
+        "offer 127.0.0.1 as an ICE host candidate (loopback tests, same-host peers)", default=False
+    )
     session_idle_s: float = _opt("close a session whose peer sent nothing for this long", default=30.0)
     log_level: str = _opt("logging level", default="INFO")
 
@@ -64,8 +70,15 @@ class GatewayConfig:
             raise ValueError(f"compute_budget_ms must be in 10..5000, got {self.compute_budget_ms}")
         if not 0 <= self.vad_mode <= 3:
             raise ValueError(f"vad_mode must be in 0..3, got {self.vad_mode}")
-        for name in ("max_sessions", "inference_concurrency", "max_request_bytes", "max_sdp_bytes",
-                     "max_frame_width", "max_frame_height", "max_speech_message_bytes"):
+        for name in (
+            "max_sessions",
+            "inference_concurrency",
+            "max_request_bytes",
+            "max_sdp_bytes",
+            "max_frame_width",
+            "max_frame_height",
+            "max_speech_message_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.backend_timeout_s <= 0 or self.backend_retry_s < 0 or self.max_speech_seconds <= 0:

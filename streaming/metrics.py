@@ -77,12 +77,16 @@ class GatewayObserver:
         self._active = Gauge("lipsync_sessions_active", "Sessions now open", registry=r)
         self._sessions = PromCounter("lipsync_sessions", "Sessions opened", registry=r)
         self._rejected = PromCounter("lipsync_requests_rejected", "Requests refused", ["reason"], registry=r)
-        self._stage = Histogram("lipsync_stage_seconds", "Per-frame time in each stage", ["stage"], buckets=_BUCKETS, registry=r)
+        self._stage = Histogram(
+            "lipsync_stage_seconds", "Per-frame time in each stage", ["stage"], buckets=_BUCKETS, registry=r
+        )
         self._queue = Gauge("lipsync_queue_depth", "Items waiting, summed over sessions", ["queue"], registry=r)
         self._dropped = PromCounter("lipsync_dropped_frames", "Video frames dropped", ["reason"], registry=r)
         self._frames = PromCounter("lipsync_frames", "Video frames sent, by outcome", ["outcome"], registry=r)
         self._faces_lost = PromCounter("lipsync_faces_lost", "Times a tracked face was lost", registry=r)
-        self._underruns = PromCounter("lipsync_audio_underruns", "Outgoing audio frames filled with silence", registry=r)
+        self._underruns = PromCounter(
+            "lipsync_audio_underruns", "Outgoing audio frames filled with silence", registry=r
+        )
         self._backend_errors = PromCounter("lipsync_backend_errors", "Failed inference requests", ["kind"], registry=r)
         self.sessions: dict[str, SessionStats] = {}
         self.finished: deque[SessionStats] = deque(maxlen=64)

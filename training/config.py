@@ -145,7 +145,9 @@ class EvaluateConfig:
 
     data_root: str = field(default="data/corpus", metadata={"help": "corpus in the LRS2 layout with filelists/"})
     out_dir: str = field(default="runs/eval", metadata={"help": "report.json and lse.png go here"})
-    expert_checkpoint: str = field(default="", metadata={"help": "the project's expert (scores LSE without syncnet_v2)"})
+    expert_checkpoint: str = field(
+        default="", metadata={"help": "the project's expert (scores LSE without syncnet_v2)"}
+    )
     generator_checkpoint: str = field(
         default="", metadata={"help": "generator to evaluate; without it only real clips are scored"}
     )
@@ -221,7 +223,7 @@ PRESETS: dict[type, dict[str, dict[str, Any]]] = {
             "device": "cpu",
         },
         "tiny": {
-            "width": 0.125,
+            "width": 0.25,  # the generator's narrowest layer (16 channels) needs width >= 0.22
             "disc_width": 0.125,
             "batch_size": 2,
             "steps": 4,

@@ -55,7 +55,7 @@ class PyTorchBackend(LipSyncBackend):
     ) -> None:
         if (checkpoint is None) == (model is None):
             raise ValueError("PyTorchBackend needs exactly one of checkpoint= or model=")
-        if not 1 <= max_batch:
+        if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.synthetic_media import moving_face_clip
+from benchmarks.synthetic_media import make_moving_face_clip
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("media")
-    clip = moving_face_clip(int(SECONDS * FPS), size=SIZE, fps=FPS, seed=3)
+    clip = make_moving_face_clip(int(SECONDS * FPS), size=SIZE, fps=FPS, seed=3)
     write_video(root / "face.mp4", clip.frames)
     write_audio(root / "speech.m4a", speech_like(SECONDS))
     return {"video": root / "face.mp4", "audio": root / "speech.m4a", "clip": clip}

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -115,9 +116,12 @@ def _torch_load(path: Path, map_location: Any) -> Any:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
         if _is_torchscript(path):
-            return torch.jit.load(str(path), map_location=map_location)
+            with warnings.catch_warnings():
+                # Deprecated, but the TorchScript .pt files of the newer README links need it.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location=map_location)
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to the caller
+    except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): "
             f"{_describe_failure(exc)}"

@@ -42,7 +42,7 @@ _WIDTH_PROBES = (
 class QualityDiscriminator(nn.Module):
     """(N,3,96,96) BGR faces in [0,1] -> (N,1) probability that the lower half (rows 48:) is real."""
 
-    def __init__(self, config: QualityDiscConfig = QualityDiscConfig()) -> None:  # noqa: B008 - frozen
+    def __init__(self, config: QualityDiscConfig = QualityDiscConfig()) -> None:
         super().__init__()
         self.config = config
         c = config.ch
@@ -65,7 +65,9 @@ class QualityDiscriminator(nn.Module):
     def forward(self, faces: Tensor) -> Tensor:
         """(N,3,96,96) faces -> (N,1) probability of being real, judged on rows 48: only."""
         if faces.dim() != 4 or faces.shape[-2:] != (FACE_SIZE, FACE_SIZE):
-            raise ValueError(f"QualityDiscriminator takes (N,3,{FACE_SIZE},{FACE_SIZE}) faces, got {tuple(faces.shape)}")
+            raise ValueError(
+                f"QualityDiscriminator takes (N,3,{FACE_SIZE},{FACE_SIZE}) faces, got {tuple(faces.shape)}"
+            )
         x = faces[:, :, MASK_START_ROW:]
         for block in self.face_encoder_blocks:
             x = block(x)
@@ -77,6 +79,6 @@ class QualityDiscriminator(nn.Module):
         return model_from_checkpoint(cls, QualityDiscConfig, _WIDTH_PROBES, path, map_location)
 
 
-def build(config: QualityDiscConfig = QualityDiscConfig()) -> QualityDiscriminator:  # noqa: B008
+def build(config: QualityDiscConfig = QualityDiscConfig()) -> QualityDiscriminator:
     """A freshly initialised discriminator."""
     return QualityDiscriminator(config)

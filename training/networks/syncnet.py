@@ -52,7 +52,7 @@ class SyncNet(nn.Module):
     The 15 face channels are 5 frames x BGR, frame-major, rows 48: of each 96x96 crop, in [0, 1].
     """
 
-    def __init__(self, config: SyncNetConfig = SyncNetConfig()) -> None:  # noqa: B008 - frozen, so sharing is safe
+    def __init__(self, config: SyncNetConfig = SyncNetConfig()) -> None:
         super().__init__()
         self.config = config
         c = config.ch
@@ -109,7 +109,7 @@ class SyncNet(nn.Module):
         return model_from_checkpoint(cls, SyncNetConfig, _WIDTH_PROBES, path, map_location)
 
 
-def build(config: SyncNetConfig = SyncNetConfig()) -> SyncNet:  # noqa: B008
+def build(config: SyncNetConfig = SyncNetConfig()) -> SyncNet:
     """A freshly initialised expert."""
     return SyncNet(config)
 
@@ -128,4 +128,3 @@ def sync_loss(audio_emb: Tensor, face_emb: Tensor, target: Tensor) -> Tensor:
     # float32 because BCE is refused under autocast and fp16 cannot hold 1 - 1e-7.
     p = sync_probability(audio_emb.float(), face_emb.float()).clamp(_EPS, 1.0 - _EPS)
     return F.binary_cross_entropy(p, target.reshape(p.shape).float())
-

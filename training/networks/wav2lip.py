@@ -49,7 +49,7 @@ class Wav2Lip(nn.Module):
     The 6 face channels are [target with rows 48: zeroed, reference], both BGR in [0, 1].
     """
 
-    def __init__(self, config: Wav2LipConfig = Wav2LipConfig()) -> None:  # noqa: B008 - frozen, so sharing is safe
+    def __init__(self, config: Wav2LipConfig = Wav2LipConfig()) -> None:
         super().__init__()
         self.config = config
         c = config.ch
@@ -133,6 +133,6 @@ class Wav2Lip(nn.Module):
         return model_from_checkpoint(cls, Wav2LipConfig, _WIDTH_PROBES, path, map_location)
 
 
-def build(config: Wav2LipConfig = Wav2LipConfig()) -> Wav2Lip:  # noqa: B008
+def build(config: Wav2LipConfig = Wav2LipConfig()) -> Wav2Lip:
     """A freshly initialised generator."""
     return Wav2Lip(config)

@@ -44,9 +44,9 @@ VISEMES: dict[str, Viseme] = {
     for v in (
         #   name      jaw  sprd  rnd  close t_lip teeth tongue dom  lipdom tau
         _v("rest", 0.02, 0.0, 0.0, 0.85, 0.0, 0.0, 0.0, 0.8, 0.8, 0.06),
-        _v("PBM", 0.04, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 25.0, 3.0, 0.022),
+        _v("PBM", 0.04, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 8.0, 2.0, 0.016),
         _v("B_fric", 0.08, 0.0, 0.1, 0.7, 0.0, 0.0, 0.0, 4.0, 1.0, 0.03),
-        _v("FV", 0.12, 0.1, 0.0, 0.0, 1.0, 0.8, 0.0, 10.0, 2.0, 0.025),
+        _v("FV", 0.12, 0.1, 0.0, 0.0, 1.0, 0.8, 0.0, 5.0, 1.5, 0.02),
         _v("TH", 0.22, 0.1, 0.0, 0.0, 0.0, 0.9, 1.0, 3.0, 0.4, 0.03),
         _v("TDNL", 0.20, 0.15, 0.0, 0.0, 0.0, 0.7, 0.5, 1.5, 0.3, 0.03),
         _v("S", 0.10, 0.35, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 0.5, 0.03),
@@ -143,6 +143,8 @@ def place_targets(phonemes: tuple[Phoneme, ...] | list[Phoneme], duration: float
             start, end = t0, t0 + 0.6 * (t1 - t0)
         elif vis.name == "rest":
             start, end = t0 + 0.03, t1
+        elif vis.name == "PBM":  # m: closed through the murmur, opening as the next sound starts
+            start, end = t0 + 0.1 * (t1 - t0), t1 - 0.3 * (t1 - t0)
         else:
             start, end = t0 + 0.1 * (t1 - t0), t1 - 0.1 * (t1 - t0)
         targets.append(Target(vis, start, max(end, start), name))

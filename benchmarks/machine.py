@@ -1,0 +1,38 @@
+"""One line naming the machine a benchmark ran on, for every printed and saved result."""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+@cache
+def gpu_name() -> str | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return None
+
+
+def describe_machine() -> str:
+    cores = len(os.sched_getaffinity(0))
+    text = f"{cpu_model()}, {cores} cores usable, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    gpu = gpu_name()
+    return f"{text}, GPU {gpu}" if gpu else f"{text}, no GPU"

@@ -1,0 +1,256 @@
+"""The Triton client as a backend: each frame is its own gRPC request, so Triton's dynamic batcher
+forms the batches, across the frames of one call and across sessions.
+
+A batch fans out as concurrent per-frame requests (callbacks on the sync client, tasks on the aio
+client). Every request carries a deadline that is also sent to the server, whose queue then drops
+frames that can no longer arrive in time. A server that cannot be reached raises BackendUnavailable
+and the channel is rebuilt on the next call, so a restarted server is picked up at once instead of
+after gRPC's reconnect back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from client import contract
+from client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+
+log = logging.getLogger(__name__)
+
+# Per-frame requests in flight per call; the server's queue is bounded too (export/model_repository.py).
+DEFAULT_MAX_IN_FLIGHT = 2 * contract.MAX_BATCH
+
+
+class TritonBackend(LipSyncBackend):
+    """Runs the generator on a Triton server over gRPC (sync and asyncio), one request per frame."""
+
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        model: str = contract.EMBEDDED_MODEL,
+        *,
+        timeout_s: float = 10.0,
+        ready_timeout_s: float = 2.0,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        if not url or url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be a gRPC host:port such as 127.0.0.1:8001, got {url!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.url = url
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self.ready_timeout_s = float(ready_timeout_s)
+        # `infer` splits larger inputs into waves of this many concurrent requests.
+        self.max_batch = max_in_flight
+        self._lock = threading.Lock()
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._aio: tuple[asyncio.AbstractEventLoop, aioclient.InferenceServerClient] | None = None
+        self._outputs = [grpcclient.InferRequestedOutput(contract.FACE_OUTPUT.name)]
+
+    # ------------------------------------------------------------------ connections
+
+    def _sync_client(self) -> grpcclient.InferenceServerClient:
+        with self._lock:
+            if self._client is None:
+                self._client = grpcclient.InferenceServerClient(self.url)
+            return self._client
+
+    def _aio_client(self) -> aioclient.InferenceServerClient:
+        # A grpc.aio channel belongs to the event loop that created it.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._aio is None or self._aio[0] is not loop:
+                self._aio = (loop, aioclient.InferenceServerClient(self.url))
+            return self._aio[1]
+
+    def _reset(self, client: object) -> None:
+        """Drop a channel that saw the server go away; the next call dials afresh."""
+        with self._lock:
+            if self._client is client:
+                self._client = None
+                stale = client
+            elif self._aio is not None and self._aio[1] is client:
+                self._aio = None
+                stale = None  # closing an aio channel needs its loop; it is closed by garbage collection
+            else:
+                return
+        if stale is not None:
+            try:
+                stale.close()
+            except Exception:  # noqa: BLE001 - a dead channel may fail to close; it is dropped either way
+                log.debug("closing a stale Triton channel failed", exc_info=True)
+
+    def _translate(self, exc: InferenceServerException, client: object) -> BackendError:
+        status = str(exc.status() or "")
+        message = exc.message() or str(exc)
+        if "DEADLINE_EXCEEDED" in status or "timeout" in message.lower():
+            return BackendError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s ({message})")
+        if "UNAVAILABLE" in status and "queue size" in message:
+            return BackendError(f"Triton at {self.url} is overloaded, its queue is full ({message})")
+        if "UNAVAILABLE" in status:
+            self._reset(client)
+            return BackendUnavailable(
+                f"Triton at {self.url} is unreachable ({message}); start one with `lipsync-server`"
+            )
+        if "not ready" in message or "unknown model" in message or "is not found" in message:
+            return BackendUnavailable(f"model {self.model!r} is not ready on Triton at {self.url} ({message})")
+        return BackendError(f"Triton at {self.url}, model {self.model!r}: {message} ({status})")
+
+    # ------------------------------------------------------------------ readiness
+
+    def is_ready(self) -> bool:
+        """The server is live and the model is loaded and ready (never raises)."""
+        client = self._sync_client()
+        try:
+            return bool(
+                client.is_server_ready(client_timeout=self.ready_timeout_s)
+                and client.is_model_ready(self.model, client_timeout=self.ready_timeout_s)
+            )
+        except InferenceServerException as exc:
+            self._translate(exc, client)  # resets the channel when the server is gone
+            return False
+
+    async def is_ready_async(self) -> bool:
+        client = self._aio_client()
+        try:
+            return bool(
+                await client.is_server_ready(client_timeout=self.ready_timeout_s)
+                and await client.is_model_ready(self.model, client_timeout=self.ready_timeout_s)
+            )
+        except InferenceServerException as exc:
+            self._translate(exc, client)
+            return False
+
+    def wait_until_ready(self, timeout_s: float) -> bool:
+        """Poll is_ready() until it holds or `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.is_ready():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+    # ------------------------------------------------------------------ inference
+
+    def _inputs(self, mel: np.ndarray, face: np.ndarray) -> list[grpcclient.InferInput]:
+        inputs = []
+        for spec, array in ((contract.MEL_INPUT, mel), (contract.FACE_INPUT, face)):
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    @property
+    def _server_timeout_us(self) -> int:
+        return int(self.timeout_s * 1e6)
+
+    def _infer_batch(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        client = self._sync_client()
+        futures: list[Future] = []
+
+        def done(future: Future, result: grpcclient.InferResult | None, error: InferenceServerException | None):
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result.as_numpy(contract.FACE_OUTPUT.name))
+
+        try:
+            for i in range(mel.shape[0]):
+                future: Future = Future()
+                futures.append(future)
+                client.async_infer(
+                    self.model,
+                    self._inputs(mel[i : i + 1], faces[i : i + 1]),
+                    callback=lambda result, error, f=future: done(f, result, error),
+                    outputs=self._outputs,
+                    client_timeout=self.timeout_s,
+                    timeout=self._server_timeout_us,
+                )
+            deadline = time.monotonic() + self.timeout_s + 1.0
+            outputs = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+        except InferenceServerException as exc:
+            raise self._translate(exc, client) from exc
+        except FutureTimeout as exc:
+            raise BackendError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
+        return np.concatenate(outputs, axis=0)
+
+    async def _infer_one(self, client: aioclient.InferenceServerClient, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        try:
+            result = await client.infer(
+                self.model,
+                self._inputs(mel, face),
+                outputs=self._outputs,
+                client_timeout=self.timeout_s,
+                timeout=self._server_timeout_us,
+            )
+        except InferenceServerException as exc:
+            raise self._translate(exc, client) from exc
+        return result.as_numpy(contract.FACE_OUTPUT.name)
+
+    async def infer_async(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """The batch as concurrent per-frame requests on the asyncio gRPC client."""
+        batch = contract.check_batch(mel, faces)
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        faces = np.ascontiguousarray(faces, dtype=np.float32)
+        client = self._aio_client()
+        outputs: list[np.ndarray] = []
+        for start in range(0, batch, self.max_batch):
+            stop = min(start + self.max_batch, batch)
+            results = await asyncio.gather(
+                *(self._infer_one(client, mel[i : i + 1], faces[i : i + 1]) for i in range(start, stop)),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            outputs.extend(results)
+        return np.concatenate(outputs, axis=0)
+
+    async def infer_frame(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """One live frame: (1, 80, 16) mel window + (6, 96, 96) face pair -> (3, 96, 96) face."""
+        if mel.shape != contract.MEL_INPUT.shape:
+            raise ValueError(f"{contract.MEL_INPUT.name} must have shape {contract.MEL_INPUT.shape}, got {mel.shape}")
+        if face.shape != contract.FACE_INPUT.shape:
+            raise ValueError(f"{contract.FACE_INPUT.name} must have shape {contract.FACE_INPUT.shape}, got {face.shape}")
+        mel = np.ascontiguousarray(mel[None], dtype=np.float32)
+        face = np.ascontiguousarray(face[None], dtype=np.float32)
+        return (await self._infer_one(self._aio_client(), mel, face))[0]
+
+    # ------------------------------------------------------------------ statistics and shutdown
+
+    def statistics(self) -> dict:
+        """Triton's inference statistics for the model (batch sizes executed, queue and compute times)."""
+        client = self._sync_client()
+        try:
+            return client.get_inference_statistics(self.model, as_json=True, client_timeout=self.ready_timeout_s)
+        except InferenceServerException as exc:
+            raise self._translate(exc, client) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        with self._lock:
+            aio, self._aio = self._aio, None
+        if aio is not None and aio[0] is asyncio.get_running_loop():
+            await aio[1].close()
+        self.close()

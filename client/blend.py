@@ -1,0 +1,103 @@
+"""Paste the generated mouth back into the frame with a feathered mask: no visible square.
+
+The original overwrote the whole padded face box with the upscaled 96x96 output (the most
+reported flaw, reference/wav2lip-facts.md 6.8 and 9.1). Here only the lower face changes: a
+rounded rectangle from just below the nose to the bottom of the region, inset from the sides,
+whose edge fades out over `feather` of the region height. Every pixel outside that support keeps
+its exact input value.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from client import contract
+from client.face_crop import CropRegion
+
+# The blend support as fractions of the crop region (which is the face box padded by the pads).
+# In such a crop the nose tip sits at about 50-55 % of the height, the mouth at 70-75 %, the chin
+# near the bottom. The generator only redraws rows 48..95 (50 %) of its input.
+MASK_TOP = 0.47  # support starts here: the upper face (eyes, nose) is never touched
+MASK_SIDE_INSET = 0.08  # cheeks' outer edges and the background beside the face stay untouched
+MASK_CORNER = 0.3  # corner radius of the rounded rectangle, as a share of the region width
+DEFAULT_FEATHER = 0.08  # width of the fade, as a share of the region height
+
+
+@functools.lru_cache(maxsize=64)
+def _mask(height: int, width: int, feather: float) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    # Exact Euclidean signed distance to a rounded rectangle, so the fade is equally wide all
+    # round and the alpha changes by at most 1.5 / (feather * height) between neighbouring pixels
+    # (the steepest slope of smoothstep is 1.5).
+    x = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
+    y = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
+    left, right = MASK_SIDE_INSET * width, (1.0 - MASK_SIDE_INSET) * width
+    top, bottom = MASK_TOP * height, float(height)
+    half_w, half_h = (right - left) / 2.0, (bottom - top) / 2.0
+    radius = min(MASK_CORNER * width, half_w, half_h)
+    qx = np.abs(x - (left + right) / 2.0) - (half_w - radius)
+    qy = np.abs(y - (top + bottom) / 2.0) - (half_h - radius)
+    outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
+    signed = outside + np.minimum(np.maximum(qx, qy), 0.0) - radius  # < 0 inside
+    ramp = max(feather * height, 1.0)
+    t = np.clip(-signed / ramp, 0.0, 1.0)
+    alpha = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: no kink where the fade starts or ends
+    rows, cols = np.nonzero(alpha.any(axis=1))[0], np.nonzero(alpha.any(axis=0))[0]
+    bbox = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1) if rows.size else (0, 0, 0, 0)
+    alpha.setflags(write=False)
+    return alpha, bbox
+
+
+def blend_mask(height: int, width: int, feather: float = DEFAULT_FEATHER) -> np.ndarray:
+    """The (height, width) float32 alpha used for a region of that size: 1 = generated, 0 = original.
+
+    Cached per size and read-only; its support (alpha > 0) is the only part of a frame blend_face changes.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"mask size must be positive, got {height}x{width}")
+    if not 0.0 < feather <= 0.5:
+        raise ValueError(f"feather must be in (0, 0.5], got {feather}")
+    return _mask(int(height), int(width), float(feather))[0]
+
+
+def generated_to_region(generated: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The generator's (3, 96, 96) BGR output in [0, 1] as a (height, width, 3) float32 image in [0, 255].
+
+    Bicubic, kept in float so the only rounding is the final one in blend_face (the original
+    truncated to uint8 before resizing, darkening the face by half a grey level on average).
+    """
+    size = contract.FACE_SIZE
+    if generated.shape != (3, size, size):
+        raise ValueError(f"generated face must have shape (3, {size}, {size}), got {generated.shape}")
+    face = np.ascontiguousarray(generated.transpose(1, 2, 0), dtype=np.float32) * np.float32(255.0)
+    return cv2.resize(face, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def blend_face(
+    frame: np.ndarray, generated: np.ndarray, region: CropRegion, *, feather: float = DEFAULT_FEATHER
+) -> np.ndarray:
+    """A new frame with the lower face of region replaced by the generated face, feathered.
+
+    frame: (H, W, 3) uint8 BGR, left untouched. generated: (3, 96, 96) float in [0, 1], BGR.
+    Pixels where the mask is 0 are bit-identical to the input, pixels where it is 1 equal the
+    generated face (rounded); in between the two are mixed linearly.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected a (H, W, 3) uint8 frame, got shape {frame.shape} dtype {frame.dtype}")
+    if region.x2 > frame.shape[1] or region.y2 > frame.shape[0]:
+        raise ValueError(f"{region} does not fit a {frame.shape[1]}x{frame.shape[0]} frame")
+    alpha = blend_mask(region.height, region.width, feather)
+    r1, r2, c1, c2 = _mask(region.height, region.width, float(feather))[1]
+    out = frame.copy()
+    if r2 == r1:
+        return out
+    face = generated_to_region(generated, region.width, region.height)[r1:r2, c1:c2]
+    a = alpha[r1:r2, c1:c2, None]
+    view = out[region.y1 + r1 : region.y1 + r2, region.x1 + c1 : region.x1 + c2]
+    original = view.astype(np.float32)
+    # original + a * (face - original) is exactly original where a == 0, whatever the face holds.
+    mixed = original + a * (np.clip(face, 0.0, 255.0) - original)
+    view[...] = (mixed + 0.5).astype(np.uint8)
+    return out

@@ -1,0 +1,457 @@
+"""`lipsync-server`: runs the real `tritonserver` binary from the nvidia-pytriton wheel on model_repository/.
+
+`EmbeddedTritonServer` starts it on loopback ports (fixed or free), forwards its log, waits until the
+models are ready and shuts it down on a signal. With `--url` the command instead checks an existing
+(remote) Triton and tells clients how to use it: that is how a deployment grows past one machine.
+
+The wheel's backend directory has no Python-backend stub (it ships one per Python version). Rather
+than writing into site-packages, each run copies the Python backend (1.5 MB) and the stub for this
+interpreter into its own temporary backend directory, which `stop()` removes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client import contract
+from client.cli_config import add_dataclass_arguments, config_from_args
+
+log = logging.getLogger(__name__)
+server_log = logging.getLogger("tritonserver")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+LOOPBACK = "127.0.0.1"
+# Files each model's version folder must hold before Triton can load it (written by `lipsync-export`).
+ARTIFACTS = {
+    contract.EMBEDDED_MODEL: ("model.py", "model.onnx"),
+    contract.ONNX_MODEL: ("model.onnx",),
+    contract.TENSORRT_MODEL: ("model.plan",),
+}
+_LOG_TAIL_LINES = 60
+_LOG_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO}
+
+
+class TritonServerError(RuntimeError):
+    """tritonserver could not be found, started, or made ready."""
+
+
+@dataclass(frozen=True)
+class TritonDistribution:
+    """Where the nvidia-pytriton wheel keeps tritonserver, its Python backend, the stubs and its libraries."""
+
+    binary: Path
+    python_backend: Path
+    stub: Path
+    libraries: Path
+
+    @classmethod
+    def locate(cls) -> TritonDistribution:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise TritonServerError(
+                "tritonserver not found: the nvidia-pytriton wheel is not installed "
+                "(pip install -e '.[serve]'), or point clients at an existing server with --url"
+            )
+        package = Path(next(iter(spec.submodule_search_locations)))
+        root = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        found = cls(
+            binary=root / "bin" / "tritonserver",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+            libraries=package.parent / "nvidia_pytriton.libs",
+        )
+        for what, path in (
+            ("tritonserver binary", found.binary),
+            ("Python backend", found.python_backend / "libtriton_python.so"),
+            (f"Python {version} backend stub", found.stub),
+            ("bundled libraries", found.libraries),
+        ):
+            if not path.exists():
+                raise TritonServerError(f"{what} not found at {path}; reinstall nvidia-pytriton")
+        return found
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def check_repository(repository: Path, models: tuple[str, ...]) -> None:
+    """Fail before launch, naming the missing piece, when a model or its artifacts are absent."""
+    if not repository.is_dir():
+        raise TritonServerError(f"model repository not found: {repository}")
+    for model in models:
+        config = repository / model / "config.pbtxt"
+        if not config.is_file():
+            present = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+            raise TritonServerError(
+                f"model {model!r} not found: {config} does not exist (models in {repository}: {', '.join(present) or 'none'})"
+            )
+        for name in ARTIFACTS.get(model, ()):
+            path = repository / model / "1" / name
+            if not path.is_file():
+                raise TritonServerError(f"model {model!r} is missing {path}; create it with `lipsync-export`")
+
+
+class EmbeddedTritonServer:
+    """A tritonserver child process on loopback; use as a context manager or start()/wait_ready()/stop().
+
+    Port 0 (the default) picks a free port at the first start; a restart keeps the same ports, so
+    clients reconnect to the same address.
+    """
+
+    def __init__(
+        self,
+        model_repository: str | Path = DEFAULT_MODEL_REPOSITORY,
+        models: tuple[str, ...] = (contract.EMBEDDED_MODEL,),
+        *,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        startup_timeout_s: float = 180.0,
+        exit_timeout_s: int = 10,
+        log_verbose: int = 0,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.models = tuple(models)
+        if not self.models:
+            raise ValueError("at least one model must be loaded")
+        for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
+            if not 0 <= port < 65536:
+                raise ValueError(f"{name} must be in [0, 65535], got {port}")
+        self._requested_ports = (grpc_port, http_port, metrics_port)
+        self.grpc_port = self.http_port = self.metrics_port = 0
+        self.startup_timeout_s = startup_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        self.log_verbose = log_verbose
+        self._process: subprocess.Popen[str] | None = None
+        self._log_thread: threading.Thread | None = None
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        self._workdir: Path | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self) -> str:
+        return "\n".join(self._log_tail)
+
+    def _resolve_ports(self) -> None:
+        if self.grpc_port:
+            return  # a restart keeps the ports of the first start
+        taken: set[int] = set()
+        ports = []
+        for port in self._requested_ports:
+            while port == 0 or port in taken:
+                port = free_port()
+            taken.add(port)
+            ports.append(port)
+        self.grpc_port, self.http_port, self.metrics_port = ports
+
+    def _prepare_backends(self, dist: TritonDistribution) -> Path:
+        self._workdir = Path(tempfile.mkdtemp(prefix="lipsync-tritonserver-"))
+        python_dir = self._workdir / "backends" / "python"
+        shutil.copytree(dist.python_backend, python_dir, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(dist.stub, python_dir / "triton_python_backend_stub")
+        return self._workdir / "backends"
+
+    def command(self, dist: TritonDistribution, backends: Path) -> list[str]:
+        return [
+            str(dist.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            # Only the named models: the ONNX and TensorRT models need backends this build lacks.
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.models),
+            f"--grpc-address={LOOPBACK}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={LOOPBACK}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={LOOPBACK}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+
+    def start(self) -> None:
+        """Launch tritonserver (returns at once; see wait_ready)."""
+        if self.is_running():
+            raise TritonServerError(f"tritonserver is already running (pid {self.pid})")
+        check_repository(self.model_repository, self.models)
+        dist = TritonDistribution.locate()
+        self._resolve_ports()
+        backends = self._prepare_backends(dist)
+        env = dict(os.environ)
+        # The Python-backend stub ignores PYTHONPATH and runs the first `python3` on PATH: make it ours,
+        # and tell model.py where the project's code is (it may be serving a repository elsewhere).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libraries), env.get("LD_LIBRARY_PATH")]))
+        env["LIPSYNC_REPO_ROOT"] = str(REPO_ROOT)
+        cmd = self.command(dist, backends)
+        log.info("starting %s", " ".join(cmd))
+        self._log_tail.clear()
+        self._process = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            # Its own session: a Ctrl-C in the terminal reaches us, and we stop the server in order.
+            start_new_session=True,
+        )
+        self._log_thread = threading.Thread(
+            target=self._forward_log, args=(self._process,), name="tritonserver-log", daemon=True
+        )
+        self._log_thread.start()
+
+    def _forward_log(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip()
+            if not line:
+                continue
+            self._log_tail.append(line)
+            # Triton prefixes its lines with E/W/I and the date; the rest (start-up tables) is detail.
+            level = _LOG_LEVELS.get(line[0], logging.INFO) if line[1:5].isdigit() else logging.DEBUG
+            server_log.log(level, "%s", line)
+
+    def _get(self, path: str, timeout: float = 2.0) -> int:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}{path}", timeout=timeout) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def is_ready(self) -> bool:
+        """The server and every model are ready."""
+        if not self.is_running() or self._get("/v2/health/ready") != 200:
+            return False
+        return all(self._get(f"/v2/models/{m}/ready") == 200 for m in self.models)
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Block until the server and its models are ready; raise with the server's last log lines otherwise."""
+        if self._process is None:
+            raise TritonServerError("tritonserver was not started")
+        timeout_s = self.startup_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self._join_log()
+                code = self._process.returncode
+                self._cleanup()
+                raise TritonServerError(
+                    f"tritonserver exited with code {code} before its models were ready; last log lines:\n"
+                    f"{self.log_tail()}"
+                )
+            if self.is_ready():
+                log.info(
+                    "tritonserver ready: gRPC %s, HTTP %s, models %s", self.grpc_url, self.http_url, ", ".join(self.models)
+                )
+                return
+            time.sleep(0.2)
+        tail = self.log_tail()
+        self.stop()
+        raise TritonServerError(f"tritonserver was not ready after {timeout_s:.0f} s; last log lines:\n{tail}")
+
+    def stop(self) -> int | None:
+        """Ask the server to exit (SIGTERM), wait for in-flight requests, kill it if it hangs; return its exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not exit within %d s; killing it", self.exit_timeout_s + 10)
+                process.kill()
+                process.wait()
+        self._join_log()
+        self._cleanup()
+        log.info("tritonserver stopped (exit code %s)", process.returncode)
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (tests use this to check client recovery)."""
+        if self._process is not None and self._process.poll() is None:
+            # The Python-backend stubs are in the server's process group; take them down with it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self._join_log()
+        self._cleanup()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the server process to exit on its own; its exit code, or None on timeout."""
+        if self._process is None:
+            return None
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _join_log(self) -> None:
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+            self._log_thread = None
+
+    def _cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> EmbeddedTritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path = field(
+        default=DEFAULT_MODEL_REPOSITORY, metadata={"help": "Triton model repository (written by lipsync-export)"}
+    )
+    models: tuple[str, ...] = field(
+        default=(contract.EMBEDDED_MODEL,),
+        metadata={
+            "nargs": "+",
+            "help": "models to load; this build of tritonserver has only the Python backend, so the ONNX and "
+            "TensorRT models are for the official container",
+        },
+    )
+    grpc_port: int = field(default=8001, metadata={"help": "gRPC port on 127.0.0.1 (0: a free port)"})
+    http_port: int = field(default=8000, metadata={"help": "HTTP port on 127.0.0.1 (0: a free port)"})
+    metrics_port: int = field(default=8002, metadata={"help": "Prometheus metrics port on 127.0.0.1 (0: a free port)"})
+    startup_timeout: float = field(default=180.0, metadata={"help": "seconds to wait for the models to load"})
+    log_verbose: int = field(default=0, metadata={"help": "tritonserver --log-verbose level"})
+    url: str | None = field(
+        default=None,
+        metadata={"help": "do not start a server: check the Triton at this gRPC address (host:port) and print how "
+        "clients use it"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            port = getattr(self, name)
+            if not 0 <= port < 65536:
+                raise ValueError(f"{name} must be in [0, 65535], got {port}")
+        if self.startup_timeout <= 0:
+            raise ValueError(f"startup_timeout must be > 0, got {self.startup_timeout}")
+
+
+def _check_remote(config: ServerConfig) -> int:
+    from client.backends.triton import TritonBackend
+
+    model = config.models[0]
+    backend = TritonBackend(url=config.url, model=model)
+    try:
+        if not backend.wait_until_ready(config.startup_timeout):
+            print(f"Triton at {config.url} is not ready, or does not serve {model!r}", file=sys.stderr)
+            return 1
+        print(f"Triton at {config.url} serves {model!r} and is ready.")
+        print(f"Point clients at it: lipsync --backend triton --triton_url {config.url}")
+        return 0
+    finally:
+        backend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lipsync-server", description=__doc__.split("\n\n")[0])
+    add_dataclass_arguments(parser, ServerConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(ServerConfig, args)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if config.url:
+        return _check_remote(config)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    server = EmbeddedTritonServer(
+        config.model_repository,
+        config.models,
+        grpc_port=config.grpc_port,
+        http_port=config.http_port,
+        metrics_port=config.metrics_port,
+        startup_timeout_s=config.startup_timeout,
+        log_verbose=config.log_verbose,
+    )
+    try:
+        server.start()
+        server.wait_ready()
+    except TritonServerError as exc:
+        print(f"lipsync-server: {exc}", file=sys.stderr)
+        server.stop()
+        return 1
+    print(
+        f"tritonserver ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}; "
+        f"models {', '.join(config.models)}. Ctrl-C to stop.",
+        flush=True,
+    )
+    while not stop.wait(0.5):
+        if not server.is_running():
+            print(f"lipsync-server: tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
+            server.stop()
+            return 1
+    code = server.stop()
+    return 0 if code in (0, None) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""`lipsync-export`: checkpoint -> ONNX FP32/FP16 -> (TensorRT FP16) -> model_repository/, each stage verified.
+
+Every stage prints its measured max/mean absolute error against the stage before and the tolerance;
+any failure exits non-zero. The resolved config and the measurements go to export_config.json in
+the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from client import contract
+from client.backends import DEFAULT_CHECKPOINT
+from client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping, write_resolved_config
+from client.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
+from export import model_repository, verify
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMING_CACHE = REPO_ROOT / "artifacts" / "tensorrt_timing.cache"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path | None = field(
+        default=None,
+        metadata={"flag": "--checkpoint", "help": f"generator weights (default: the shipped {DEFAULT_CHECKPOINT.name})"},
+    )
+    random_weights: bool = field(
+        default=False, metadata={"flag": "--random-weights", "help": "export a randomly initialised generator (tests)"}
+    )
+    width: float = field(
+        default=1.0, metadata={"flag": "--width", "help": "width multiplier, only with --random-weights"}
+    )
+    output_dir: Path = field(
+        default=DEFAULT_MODEL_REPOSITORY, metadata={"flag": "--output-dir", "help": "Triton model repository to write"}
+    )
+    opset: int = field(default=18, metadata={"flag": "--opset", "help": "ONNX opset (>= 17)"})
+    fp16: bool = field(default=True, metadata={"flag": "--fp16", "help": "also write and verify the FP16 ONNX variant"})
+    tensorrt: bool = field(
+        default=False, metadata={"flag": "--tensorrt", "help": "build the TensorRT FP16 engine (needs TensorRT + GPU)"}
+    )
+    max_batch: int = field(
+        default=contract.MAX_BATCH,
+        metadata={"flag": "--max-batch", "help": "largest batch: ONNX axis bound, TensorRT profile max, Triton config"},
+    )
+    verify_samples: int = field(
+        default=8, metadata={"flag": "--verify-samples", "help": "batch size of the verification inputs"}
+    )
+    real_inputs: bool = field(
+        default=True,
+        metadata={"flag": "--real-inputs", "help": "also verify on a real face and real speech (skimage, espeak-ng)"},
+    )
+    fp32_tolerance: float = field(
+        default=verify.FP32_TOLERANCE[0],
+        metadata={"flag": "--fp32-tolerance", "help": "max abs error of FP32 ONNX vs PyTorch (mean: a tenth)"},
+    )
+    fp16_tolerance: float = field(
+        default=verify.FP16_TOLERANCE[0],
+        metadata={"flag": "--fp16-tolerance", "help": "max abs error of FP16 stages vs FP32 (mean: a tenth)"},
+    )
+    timing_cache: Path = field(
+        default=DEFAULT_TIMING_CACHE, metadata={"flag": "--timing-cache", "help": "TensorRT timing cache file"}
+    )
+    seed: int = field(default=0, metadata={"flag": "--seed", "help": "seed of the random weights and inputs"})
+    quiet: bool = field(default=False, metadata={"flag": "--quiet", "help": "print only failures"})
+
+    def __post_init__(self) -> None:
+        if self.random_weights and self.checkpoint is not None:
+            raise ValueError("give either --checkpoint or --random-weights, not both")
+        if self.width != 1.0 and not self.random_weights:
+            raise ValueError(f"--width {self.width} applies only to --random-weights; a checkpoint carries its width")
+        if not 1 <= self.max_batch:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not 1 <= self.verify_samples <= self.max_batch:
+            raise ValueError(f"verify_samples must be in [1, max_batch={self.max_batch}], got {self.verify_samples}")
+        if self.opset < 17:
+            raise ValueError(f"opset must be >= 17, got {self.opset}")
+        for name in ("fp32_tolerance", "fp16_tolerance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def input_sets(self) -> tuple[str, ...]:
+        return ("random", "real") if self.real_inputs else ("random",)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _load_model(config: ExportConfig):
+    import torch
+
+    from training.networks import Wav2Lip, Wav2LipConfig, count_parameters
+
+    if config.random_weights:
+        torch.manual_seed(config.seed)
+        model = Wav2Lip(Wav2LipConfig(width=config.width)).eval()
+        source = f"random weights (seed {config.seed})"
+    else:
+        checkpoint = config.checkpoint or DEFAULT_CHECKPOINT
+        if not Path(checkpoint).is_file():
+            if config.checkpoint is None:
+                raise ExportError(
+                    f"no --checkpoint given and the shipped default weights {DEFAULT_CHECKPOINT} do not exist; "
+                    "pass --checkpoint PATH (or --random-weights for a test export)"
+                )
+            raise ExportError(f"checkpoint not found: {checkpoint}")
+        model = Wav2Lip.from_checkpoint(checkpoint)
+        source = str(checkpoint)
+    return model, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
+
+
+def run(config: ExportConfig) -> dict:
+    """Run every stage; raise ExportError or verify.VerificationError on failure. Returns the report."""
+
+    def say(text: str) -> None:
+        if not config.quiet:
+            print(text, flush=True)
+
+    def stage(text: str) -> None:
+        nonlocal number
+        number += 1
+        say(f"[{number}/{total}] {text}")
+
+    def record(results: list[verify.Comparison]) -> None:
+        for result in results:
+            say(f"      {result.describe()}")
+        report["verification"] += [asdict(r) for r in results]
+
+    from export.onnx_export import convert_fp16, export_onnx
+    from export.tensorrt_build import EngineSpec, TensorRTRunner, build_engine, tensorrt_unavailable
+
+    if config.tensorrt:
+        reason = tensorrt_unavailable()
+        if reason:
+            raise ExportError(f"the TensorRT stage cannot run here: {reason}")
+
+    import torch
+
+    from client.backends.onnxruntime import OnnxRuntimeBackend
+    from training.networks import save_checkpoint
+    from training.pytorch_backend import PyTorchBackend
+
+    repo = Path(config.output_dir)
+    total = 3 + config.fp16 + config.tensorrt
+    number = 0
+    report: dict = {"verification": [], "artifacts": {}, "seconds": {}}
+    fp32_tol = (config.fp32_tolerance, config.fp32_tolerance / 10)
+    fp16_tol = (config.fp16_tolerance, config.fp16_tolerance / 10)
+    check = {"samples": config.verify_samples, "input_sets": config.input_sets, "seed": config.seed}
+
+    stage("load the PyTorch generator")
+    model, description = _load_model(config)
+    say(f"      {description}")
+    report["model"] = description
+    reference = PyTorchBackend(model=model, device="cpu", max_batch=config.max_batch)
+
+    onnx_path = model_repository.artifact_path(repo, contract.ONNX_MODEL, "model.onnx")
+    stage(f"PyTorch -> ONNX FP32 (opset {config.opset}, batch 1..{config.max_batch}): {onnx_path}")
+    started = time.perf_counter()
+    onnx_path.unlink(missing_ok=True)  # it may be a hard link shared with the Python model's copy
+    export_onnx(model, onnx_path, opset=config.opset, max_batch=config.max_batch)
+    report["seconds"]["onnx_export"] = round(time.perf_counter() - started, 2)
+    with OnnxRuntimeBackend(onnx_path, max_batch=config.max_batch) as onnx_fp32:
+        record(verify.verify("ONNX FP32 vs PyTorch FP32", reference.infer, onnx_fp32.infer, fp32_tol, **check))
+        report["artifacts"]["onnx_fp32"] = str(onnx_path)
+
+        if config.fp16:
+            fp16_path = onnx_path.with_name("model_fp16.onnx")
+            stage(f"ONNX FP32 -> ONNX FP16 (FP32 inputs/outputs): {fp16_path}")
+            convert_fp16(onnx_path, fp16_path)
+            with OnnxRuntimeBackend(fp16_path, max_batch=config.max_batch) as onnx_fp16:
+                record(verify.verify("ONNX FP16 vs PyTorch FP32", reference.infer, onnx_fp16.infer, fp16_tol, **check))
+            report["artifacts"]["onnx_fp16"] = str(fp16_path)
+
+        engine_path = None
+        if config.tensorrt:
+            engine_path = model_repository.artifact_path(repo, contract.TENSORRT_MODEL, "model.plan")
+            spec = EngineSpec(opt_batch=min(contract.OPT_BATCH, config.max_batch), max_batch=config.max_batch)
+            stage(f"ONNX -> TensorRT FP16 (profile {spec.min_batch}/{spec.opt_batch}/{spec.max_batch}): "
+                   f"{engine_path}")
+            started = time.perf_counter()
+            build_engine(onnx_path, engine_path, spec=spec, timing_cache=config.timing_cache)
+            report["seconds"]["tensorrt_build"] = round(time.perf_counter() - started, 2)
+            runner = TensorRTRunner(engine_path)
+            record(
+                verify.verify(
+                    "TensorRT FP16 vs ONNX Runtime FP32",
+                    onnx_fp32.infer,
+                    runner,
+                    fp16_tol,
+                    batches=(1, spec.opt_batch, spec.max_batch),
+                    **check,
+                )
+            )
+            report["artifacts"]["tensorrt_engine"] = str(engine_path)
+
+    stage(f"write the Triton model repository: {repo}")
+    checkpoint = model_repository.artifact_path(repo, contract.EMBEDDED_MODEL, "checkpoint.tmp")
+    save_checkpoint(checkpoint, model=model, config=model.config)
+    checkpoint_path = model_repository.artifact_path(
+        repo, contract.EMBEDDED_MODEL, model_repository.EMBEDDED_PARAMETERS["checkpoint"]
+    )
+    checkpoint.replace(checkpoint_path)
+    written = model_repository.write_repository(
+        repo, onnx_fp32=onnx_path, checkpoint=checkpoint_path, engine=engine_path, max_batch=config.max_batch
+    )
+    for path in written:
+        say(f"      {path}")
+    report["versions"] = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime")}
+    del reference
+    return report
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def parse_config(argv: list[str] | None = None) -> ExportConfig:
+    parser = argparse.ArgumentParser(prog="lipsync-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, help="JSON file of ExportConfig keys (flags given override it)")
+    add_dataclass_arguments(parser, ExportConfig)
+    args = parser.parse_args(argv)
+    try:
+        if args.config is not None:
+            mapping = json.loads(args.config.read_text())
+            mapping = mapping.get("config", mapping)  # accept a previous run's export_config.json
+            base = config_from_mapping(ExportConfig, mapping)
+            given = {k: v for k, v in vars(args).items() if k != "config" and v != getattr(ExportConfig(), k)}
+            return config_from_mapping(ExportConfig, {**asdict(base), **given})
+        return config_from_args(ExportConfig, args)
+    except (OSError, TypeError, ValueError) as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    try:
+        report = run(config)
+    except verify.VerificationError as exc:
+        print(f"lipsync-export: verification failed: {exc}", file=sys.stderr)
+        return 1
+    except (ExportError, FileNotFoundError, RuntimeError) as exc:
+        print(f"lipsync-export: {exc}", file=sys.stderr)
+        return 1
+    path = write_resolved_config(config, Path(config.output_dir) / "export_config.json", extra=report)
+    if not config.quiet:
+        print(f"done; resolved config and measurements in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Writes Triton's model repository: one config.pbtxt per served model, rendered from client/contract.py,
+plus the artifacts export produced (ONNX files, the TensorRT engine, the PyTorch checkpoint).
+
+The committed config.pbtxt files are exactly what `render_config` returns for the contract's defaults
+(tests/unit/test_model_configs.py checks that), so a hand edit shows up as a test failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from client import contract
+from client.triton_server import ARTIFACTS, DEFAULT_MODEL_REPOSITORY
+
+log = logging.getLogger(__name__)
+
+VERSION = "1"
+# Dynamic batcher settings shared by every model. A CPU frame costs tens of ms, a GPU batch a few:
+# waiting 2 ms for company is cheap either way, and the queue is bounded so overload is refused, not hoarded.
+MAX_QUEUE_DELAY_US = 2000
+MAX_QUEUE_SIZE = 4 * contract.MAX_BATCH
+WARMUP_BATCHES = (1, contract.OPT_BATCH)
+
+_HEADERS = {
+    contract.EMBEDDED_MODEL: (
+        "The embedded model, for the tritonserver in the nvidia-pytriton wheel (Python backend only):\n"
+        "ONNX Runtime on a CPU, PyTorch FP16 with CUDA graphs when a GPU is present (see 1/model.py)."
+    ),
+    contract.ONNX_MODEL: "ONNX Runtime on a GPU, for hosts running the official Triton container.",
+    contract.TENSORRT_MODEL: (
+        "TensorRT FP16 engine (profile min 1 / opt {opt} / max {max}), for hosts running the official\n"
+        "Triton container; the engine must be built with that container's TensorRT version."
+    ),
+}
+
+# Backend line, instance group and anything model-specific, per model.
+_BODIES = {
+    contract.EMBEDDED_MODEL: (
+        'backend: "python"',
+        # One instance: ONNX Runtime already spreads one batch over all cores, and on a GPU one set of
+        # CUDA graphs serves every batch; a second instance would only compete for the same cores.
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+    ),
+    contract.ONNX_MODEL: (
+        'platform: "onnxruntime_onnx"',
+        "instance_group [ { kind: KIND_GPU count: 1 } ]",
+    ),
+    contract.TENSORRT_MODEL: (
+        'platform: "tensorrt_plan"',
+        # Two instances per GPU overlap one batch's copies with the other's compute.
+        "instance_group [ { kind: KIND_GPU count: 2 } ]",
+    ),
+}
+
+# Settings the Python model reads (1/model.py); file names are relative to the version folder.
+EMBEDDED_PARAMETERS = {
+    "onnx_file": ARTIFACTS[contract.EMBEDDED_MODEL][1],
+    "checkpoint": "model.pt",
+    "device": "auto",  # auto: CUDA (PyTorch FP16 + CUDA graphs) when available, else ONNX Runtime on the CPU
+    "intra_op_threads": "0",  # 0: every core this server may use
+}
+
+
+def _triton_dtype(spec: contract.TensorSpec) -> str:
+    return spec.dtype if spec.dtype.startswith("TYPE_") else f"TYPE_{spec.dtype}"
+
+
+def _dims(spec: contract.TensorSpec) -> str:
+    return ", ".join(str(d) for d in spec.shape)
+
+
+def _tensor(spec: contract.TensorSpec) -> str:
+    return f'  {{ name: "{spec.name}" data_type: {_triton_dtype(spec)} dims: [ {_dims(spec)} ] }}'
+
+
+def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
+    """The config.pbtxt text of one served model."""
+    if model not in _BODIES:
+        raise ValueError(f"unknown model {model!r}; served models are {', '.join(contract.SERVED_MODELS)}")
+    if not 1 <= max_batch:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    preferred = [b for b in contract.PREFERRED_BATCHES if b <= max_batch] or [max_batch]
+    header = _HEADERS[model].format(opt=min(contract.OPT_BATCH, max_batch), max=max_batch)
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines.append("# Written by `lipsync-export` from client/contract.py; do not edit by hand.")
+    backend, instances = _BODIES[model]
+    lines += [
+        f'name: "{model}"',
+        backend,
+        f"max_batch_size: {max_batch}",
+        "input [",
+        ",\n".join(_tensor(spec) for spec in contract.INPUTS),
+        "]",
+        "output [",
+        ",\n".join(_tensor(spec) for spec in contract.OUTPUTS),
+        "]",
+        instances,
+        "dynamic_batching {",
+        f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
+        # Clients send their deadline with each request; a frame whose deadline passed in the queue is dropped.
+        f"  default_queue_policy {{ timeout_action: REJECT allow_timeout_override: true max_queue_size: {MAX_QUEUE_SIZE} }}",
+        "}",
+    ]
+    if model == contract.EMBEDDED_MODEL:
+        lines += [
+            f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+            for key, value in EMBEDDED_PARAMETERS.items()
+        ]
+    lines.append("model_warmup [")
+    warmups = []
+    for batch in sorted({min(b, max_batch) for b in WARMUP_BATCHES}):
+        inputs = "\n".join(
+            f'    inputs {{ key: "{spec.name}" value: {{ data_type: {_triton_dtype(spec)} dims: [ {_dims(spec)} ]'
+            " zero_data: true } }"
+            for spec in contract.INPUTS
+        )
+        warmups.append(f'  {{\n    name: "batch_{batch}"\n    batch_size: {batch}\n{inputs}\n  }}')
+    lines += [",\n".join(warmups), "]"]
+    return "\n".join(lines) + "\n"
+
+
+def config_path(repository: Path, model: str) -> Path:
+    return Path(repository) / model / "config.pbtxt"
+
+
+def artifact_path(repository: Path, model: str, filename: str) -> Path:
+    return Path(repository) / model / VERSION / filename
+
+
+def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH) -> Path:
+    path = config_path(repository, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_config(model, max_batch=max_batch)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+        log.info("wrote %s", path)
+    return path
+
+
+def install_file(source: Path, destination: Path) -> Path:
+    """Place an artifact in the repository: a hard link when possible (the same ONNX file serves two models)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.exists() or destination.is_symlink():
+        if destination.resolve() == Path(source).resolve():
+            return destination
+        destination.unlink()
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+    log.info("installed %s", destination)
+    return destination
+
+
+def install_python_model(repository: Path) -> Path:
+    """Copy the Python model's code into a repository other than the project's own."""
+    destination = artifact_path(repository, contract.EMBEDDED_MODEL, "model.py")
+    source = artifact_path(DEFAULT_MODEL_REPOSITORY, contract.EMBEDDED_MODEL, "model.py")
+    if destination.resolve() != source.resolve():
+        if not source.is_file():
+            raise FileNotFoundError(f"the Python backend model is missing from the project: {source}")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+    return destination
+
+
+def write_repository(
+    repository: Path,
+    *,
+    onnx_fp32: Path,
+    checkpoint: Path | None = None,
+    engine: Path | None = None,
+    max_batch: int = contract.MAX_BATCH,
+) -> list[Path]:
+    """Write every model's config and install the artifacts given; return the paths written."""
+    repository = Path(repository)
+    written = [write_config(repository, model, max_batch=max_batch) for model in contract.SERVED_MODELS]
+    written.append(install_python_model(repository))
+    onnx_file = ARTIFACTS[contract.ONNX_MODEL][0]
+    written.append(install_file(onnx_fp32, artifact_path(repository, contract.ONNX_MODEL, onnx_file)))
+    written.append(
+        install_file(onnx_fp32, artifact_path(repository, contract.EMBEDDED_MODEL, EMBEDDED_PARAMETERS["onnx_file"]))
+    )
+    if checkpoint is not None:
+        target = artifact_path(repository, contract.EMBEDDED_MODEL, EMBEDDED_PARAMETERS["checkpoint"])
+        written.append(install_file(checkpoint, target))
+    if engine is not None:
+        written.append(install_file(engine, artifact_path(repository, contract.TENSORRT_MODEL, "model.plan")))
+    return written

@@ -1,0 +1,114 @@
+"""Triton Python-backend model: the Wav2Lip generator behind the tensors of client/contract.py.
+
+On a CPU it runs model.onnx with ONNX Runtime; with a CUDA GPU and PyTorch it runs model.pt in
+FP16 with CUDA graphs. Every request of one execute() call goes through one inference, so the
+batches Triton's dynamic batcher forms are the batches the network sees.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _project_root() -> Path:
+    # The stub runs Python in isolated mode (PYTHONPATH is ignored), so find the project's code
+    # ourselves: lipsync-server says where it is; otherwise this file sits inside the project.
+    if os.environ.get("LIPSYNC_REPO_ROOT"):
+        return Path(os.environ["LIPSYNC_REPO_ROOT"])
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "client" / "contract.py").is_file():
+            return parent
+    raise RuntimeError(f"cannot find the lipsync project above {__file__}; set LIPSYNC_REPO_ROOT")
+
+
+if str(_project_root()) not in sys.path:
+    sys.path.insert(0, str(_project_root()))
+
+from client import contract  # noqa: E402
+
+
+def _error(message, code=None):
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.max_batch = int(config["max_batch_size"])
+        self.backend = self._load_backend(params, version_dir, int(args.get("model_instance_device_id", 0)))
+        pb_utils.Logger.log_info(f"{args['model_name']}: {self.description}")
+
+    def _load_backend(self, params, version_dir, device_id):
+        device = params.get("device", "auto")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"parameter device must be auto, cpu or cuda, got {device!r}")
+        if device != "cpu" and _cuda_available():
+            checkpoint = version_dir / params.get("checkpoint", "model.pt")
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"GPU path needs the checkpoint {checkpoint}; create it with lipsync-export")
+            from training.pytorch_backend import PyTorchBackend
+
+            self.description = f"PyTorch FP16 with CUDA graphs on cuda:{device_id} from {checkpoint}"
+            return PyTorchBackend(
+                checkpoint, device=f"cuda:{device_id}", fp16=True, max_batch=self.max_batch, cuda_graphs=True
+            )
+        if device == "cuda":
+            raise RuntimeError("parameter device is 'cuda' but no CUDA device (or no PyTorch) is available")
+        from client.backends.onnxruntime import OnnxRuntimeBackend
+
+        onnx_file = version_dir / params.get("onnx_file", "model.onnx")
+        threads = int(params.get("intra_op_threads", "0")) or None
+        self.description = f"ONNX Runtime on the CPU from {onnx_file}"
+        return OnnxRuntimeBackend(onnx_file, threads=threads, max_batch=self.max_batch)
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        accepted, mels, faces = [], [], []
+        for i, request in enumerate(requests):
+            if request.is_cancelled():
+                responses[i] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
+                continue
+            try:
+                mel = pb_utils.get_input_tensor_by_name(request, contract.MEL_INPUT.name).as_numpy()
+                face = pb_utils.get_input_tensor_by_name(request, contract.FACE_INPUT.name).as_numpy()
+                contract.check_batch(mel, face)
+            except Exception as exc:  # a malformed request fails alone, never the whole batch
+                responses[i] = _error(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
+                continue
+            accepted.append(i)
+            mels.append(mel)
+            faces.append(face)
+        if not accepted:
+            return responses
+        try:
+            out = self.backend.infer(np.concatenate(mels), np.concatenate(faces))
+        except Exception as exc:
+            for i in accepted:
+                responses[i] = _error(f"inference failed: {exc}")
+            return responses
+        splits = np.cumsum([m.shape[0] for m in mels])[:-1]
+        for i, part in zip(accepted, np.split(out, splits), strict=True):
+            if requests[i].is_cancelled():
+                responses[i] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
+            else:
+                tensor = pb_utils.Tensor(contract.FACE_OUTPUT.name, np.ascontiguousarray(part, dtype=np.float32))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+        return responses
+
+    def finalize(self):
+        self.backend.close()
+
+
+def _cuda_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

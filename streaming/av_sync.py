@@ -1,0 +1,129 @@
+"""One media clock per session and the pacing of its output: video and audio leave with the same delay.
+
+A frame captured at clock pts is sent at wall(pts + delay), and so is the speech sample at
+position pts; a frame not ready by then is dropped and counted (a late frame is never queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from streaming.frames import CLOCK_RATE, OutputFrame
+from streaming.metrics import GatewayObserver
+from streaming.speech_source import SpeechTimeline
+
+logger = logging.getLogger(__name__)
+
+AUDIO_FRAME = CLOCK_RATE // 50  # 20 ms per outgoing audio frame
+
+
+class MediaClock:
+    """Session time in 16 kHz samples since `start()`; the wall clock is time.monotonic()."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self.t0 = monotonic()
+
+    def start(self) -> None:
+        self.t0 = self.monotonic()
+
+    def now(self) -> int:
+        return int((self.monotonic() - self.t0) * CLOCK_RATE)
+
+    def wall(self, pts: int) -> float:
+        return self.t0 + pts / CLOCK_RATE
+
+    async def sleep_until(self, wall: float) -> None:
+        delay = wall - self.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class AvSynchronizer:
+    """Holds finished video frames until their send time and cuts the delayed audio to match.
+
+    The video queue keeps at most `max_video` frames (the oldest is dropped and counted when a
+    stalled consumer lets it fill); frames that come out later than half a frame period after
+    their send time are dropped as late. Audio is never dropped: a missing sample is played as
+    silence and counted as an underrun.
+    """
+
+    def __init__(
+        self,
+        clock: MediaClock,
+        timeline: SpeechTimeline,
+        *,
+        delay: int,
+        fps: float,
+        observer: GatewayObserver,
+        session_id: str,
+        max_video: int = 32,
+    ) -> None:
+        self.clock = clock
+        self.delay = delay
+        self._timeline = timeline
+        self._period = 1.0 / fps
+        self._observer = observer
+        self._session = session_id
+        self._video: deque[OutputFrame] = deque()
+        self._max_video = max_video
+        self._video_ready = asyncio.Event()
+        self._audio_pos: int | None = None
+        self.last_video_pts: int | None = None
+
+    def push_video(self, frame: OutputFrame) -> None:
+        if len(self._video) >= self._max_video:
+            self._video.popleft()
+            self._observer.dropped(self._session, "sync_queue_full")
+        self._video.append(frame)
+        self._observer.queue_depth(self._session, "sync_video", len(self._video))
+        self._video_ready.set()
+
+    async def next_video(self) -> OutputFrame:
+        """The next frame to send, returned at its send time."""
+        while True:
+            while not self._video:
+                self._video_ready.clear()
+                await self._video_ready.wait()
+            frame = self._video.popleft()
+            self._observer.queue_depth(self._session, "sync_video", len(self._video))
+            due = self.clock.wall(frame.pts + self.delay)
+            if self.clock.monotonic() - due > self._period / 2:
+                self._observer.dropped(self._session, "late")
+                logger.debug("late frame %d dropped", frame.video.index, extra={"session_id": self._session})
+                continue
+            await self.clock.sleep_until(due)
+            sent = self.clock.monotonic()
+            self._observer.stage(self._session, "added_delay", sent - frame.video.arrived)
+            self._observer.frame_sent(self._session, frame.outcome, sent)
+            self.last_video_pts = frame.pts
+            return frame
+
+    async def next_audio(self) -> tuple[np.ndarray, int]:
+        """The next 20 ms of delayed speech (float32, 16 kHz) and its clock position, at its send time.
+
+        Position p is sent at wall(p + delay). If the consumer fell more than 100 ms behind
+        (a stalled loop), it skips ahead to the present instead of sending stale audio.
+        """
+        now_pos = self.clock.now() - self.delay
+        if self._audio_pos is None or now_pos - self._audio_pos > CLOCK_RATE // 10:
+            if self._audio_pos is not None:
+                logger.warning(
+                    "audio output fell behind by %d ms; skipping ahead",
+                    (now_pos - self._audio_pos) // 16,
+                    extra={"session_id": self._session},
+                )
+            self._audio_pos = now_pos - now_pos % AUDIO_FRAME
+        pos = self._audio_pos
+        self._audio_pos += AUDIO_FRAME
+        await self.clock.sleep_until(self.clock.wall(pos + self.delay))
+        samples, complete = self._timeline.read(pos, AUDIO_FRAME)
+        if not complete and pos >= 0:
+            self._observer.audio_underrun(self._session)
+        return samples, pos

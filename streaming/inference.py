@@ -1,0 +1,65 @@
+"""One request per video frame to the backend, with a deadline; pass-through when the backend is down.
+
+Triton's dynamic batcher forms batches across frames and sessions, so the gateway never batches
+itself. One `FrameInference` serves every session of a gateway and remembers when the backend
+was found unavailable: for `retry_s` after that, frames pass through without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+from streaming.metrics import GatewayObserver
+
+logger = logging.getLogger(__name__)
+
+
+class FrameInference:
+    def __init__(self, backend: LipSyncBackend, observer: GatewayObserver, *, timeout_s: float, retry_s: float) -> None:
+        self.backend = backend
+        self._observer = observer
+        self._timeout = timeout_s
+        self._retry = retry_s
+        self._down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def generate(self, mel: np.ndarray, face: np.ndarray, deadline: float) -> tuple[np.ndarray | None, str]:
+        """(generated (3,96,96) float32 or None, outcome) for one frame's (80,16) mel and (6,96,96) face.
+
+        The outcome is "generated", or why not: "backend_unavailable", "timeout", "error".
+        """
+        if not self.available:
+            return None, "backend_unavailable"
+        budget = min(self._timeout, deadline - time.monotonic())
+        if budget <= 0:
+            return None, "timeout"
+        try:
+            async with asyncio.timeout(budget):
+                out = await self.backend.infer_async(mel[None, None].astype(np.float32), face[None].astype(np.float32))
+        except TimeoutError:
+            self._observer.backend_error("timeout")
+            return None, "timeout"
+        except BackendUnavailable as exc:
+            if self.available:
+                logger.warning(
+                    "backend %s unavailable (%s); passing frames through for %.1f s",
+                    self.backend.name,
+                    exc,
+                    self._retry,
+                )
+            self._down_until = time.monotonic() + self._retry
+            self._observer.backend_error("unavailable")
+            return None, "backend_unavailable"
+        except (BackendError, ValueError) as exc:
+            logger.warning("inference failed: %s", exc)
+            self._observer.backend_error("error")
+            return None, "error"
+        return out[0], "generated"

@@ -1,0 +1,287 @@
+"""A Python WebRTC peer for the gateway: sends a clip and speech, records what comes back.
+
+Used by the loopback integration tests and by benchmarks/pipeline.py. Every sent frame carries
+its index as a row of black/white blocks in its top-left corner (`stamp_index`), so each frame
+that comes back can be matched with the one that went out, whatever the codec did to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streaming.frames import CLOCK_RATE
+from streaming.ice import rtc_configuration
+
+logger = logging.getLogger(__name__)
+
+INDEX_BITS = 12
+BLOCK = 16  # pixels per side of one bit's block: big enough to survive VP8 at low bitrates
+
+
+def stamp_index(image: np.ndarray, index: int) -> np.ndarray:
+    """A copy of image with `index` written as INDEX_BITS blocks (white = 1) plus a white guard block."""
+    out = image.copy()
+    for bit in range(INDEX_BITS + 1):
+        on = bit == INDEX_BITS or (index >> bit) & 1
+        out[:BLOCK, bit * BLOCK : (bit + 1) * BLOCK] = 255 if on else 0
+    return out
+
+
+def read_index(image: np.ndarray) -> int | None:
+    """The index stamped by stamp_index, or None if the guard block is not there."""
+    inner = slice(BLOCK // 4, BLOCK - BLOCK // 4)
+    means = [
+        float(image[inner, b * BLOCK + BLOCK // 4 : (b + 1) * BLOCK - BLOCK // 4].mean()) for b in range(INDEX_BITS + 1)
+    ]
+    if means[INDEX_BITS] < 160:
+        return None
+    return sum(1 << b for b in range(INDEX_BITS) if means[b] > 128)
+
+
+class ClipVideoTrack(MediaStreamTrack):
+    """Plays BGR frames at `fps` in real time, each stamped with its index; then holds the last one."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[np.ndarray], fps: float = 25.0) -> None:
+        super().__init__()
+        self.frames = [stamp_index(f, i) for i, f in enumerate(frames)]
+        self.fps = fps
+        self.sent: dict[int, float] = {}  # index -> time.monotonic() when handed to the encoder
+        self._start: float | None = None
+        self._i = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        i = self._i
+        self._i += 1
+        wait = self._start + i / self.fps - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        index = min(i, len(self.frames) - 1)
+        frame = av.VideoFrame.from_ndarray(self.frames[index], format="bgr24")
+        frame.pts = round(i * 90_000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90_000)
+        self.sent.setdefault(index, time.monotonic())
+        return frame
+
+
+class SpeechTrack(MediaStreamTrack):
+    """Plays float32 16 kHz speech as 20 ms frames of 48 kHz s16 mono, in real time; silence after it."""
+
+    kind = "audio"
+
+    def __init__(self, speech: np.ndarray) -> None:
+        super().__init__()
+        from client.audio import resample
+
+        self.samples = (np.clip(resample(speech, CLOCK_RATE, 48_000), -1, 1) * 32767).astype(np.int16)
+        self.started: float | None = None
+        self._n = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.started is None:
+            self.started = time.monotonic()
+        wait = self.started + self._n / 48_000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        chunk = self.samples[self._n : self._n + 960]
+        chunk = np.pad(chunk, (0, 960 - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
+        frame.sample_rate = 48_000
+        frame.pts = self._n
+        frame.time_base = fractions.Fraction(1, 48_000)
+        self._n += 960
+        return frame
+
+
+@dataclass
+class Received:
+    """What came back: video frames (arrival time, stamped index, picture) and audio (arrival time, 48 kHz mono)."""
+
+    video: list[tuple[float, int | None, np.ndarray]] = field(default_factory=list)
+    audio: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+    def audio_16k(self) -> tuple[np.ndarray, np.ndarray]:
+        """(samples at 16 kHz, arrival time of each sample's 20 ms frame)."""
+        if not self.audio:
+            return np.zeros(0, np.float32), np.zeros(0)
+        samples = np.concatenate([a for _, a in self.audio])[::3]
+        times = np.concatenate([np.full(len(a) // 3, t) for t, a in self.audio])
+        return samples.astype(np.float32), times
+
+
+class GatewayClient:
+    """One WebRTC session with the gateway from Python; use `async with`."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, keep_images: bool = True) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.keep_images = keep_images
+        self.pc = RTCPeerConnection(rtc_configuration())
+        self.received = Received()
+        self.session_id: str | None = None
+        self.video_track: ClipVideoTrack | None = None
+        self.speech_track: SpeechTrack | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.connected = asyncio.Event()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def connect(
+        self,
+        frames: list[np.ndarray] | None,
+        speech: np.ndarray | None,
+        *,
+        fps: float = 25.0,
+        speech_mode: str = "microphone",
+        mode: str = "camera",
+    ) -> None:
+        if frames is not None:
+            self.video_track = ClipVideoTrack(frames, fps)
+            self.pc.addTrack(self.video_track)
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
+        if speech is not None and speech_mode == "microphone":
+            self.speech_track = SpeechTrack(speech)
+            self.pc.addTrack(self.speech_track)
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            task = asyncio.create_task(self._read(track), name=f"client-read-{track.kind}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        @self.pc.on("connectionstatechange")
+        def on_state() -> None:
+            if self.pc.connectionState == "connected":
+                self.connected.set()
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "speech": speech_mode, "mode": mode}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.base_url}/offer", json=body, headers=self.headers) as resp,
+        ):
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"offer refused with {resp.status}: {answer}")
+        self.session_id = answer["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+
+    async def _read(self, track) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                arrived = time.monotonic()
+                if track.kind == "video":
+                    image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
+                    self.received.video.append((arrived, read_index(image), image if self.keep_images else None))
+                else:
+                    data = frame.to_ndarray().astype(np.float32) / 32768.0
+                    mono = data.reshape(-1, frame.layout.nb_channels).mean(axis=1)
+                    self.received.audio.append((arrived, mono))
+
+    async def push_speech(self, speech: np.ndarray, rate: int = CLOCK_RATE, *, interrupt: bool = False) -> dict:
+        """POST speech (float, `rate` Hz) to the session's push endpoint; returns the server's answer."""
+        pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
+        url = f"{self.base_url}/speech/{self.session_id}?rate={rate}" + ("&interrupt=1" if interrupt else "")
+        async with aiohttp.ClientSession() as http, http.post(url, data=pcm, headers=self.headers) as resp:
+            return {"status": resp.status, **(await resp.json())}
+
+    async def stats(self) -> dict:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.base_url}/sessions/{self.session_id}/stats", headers=self.headers) as resp,
+        ):
+            return await resp.json()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# ----------------------------------------------------------------------------- measuring what came back
+
+
+def speech_intervals(
+    speech: np.ndarray, *, threshold_dbfs: float = -35.0, bridge_s: float = 0.3
+) -> list[tuple[float, float]]:
+    """Where the speech is loud (20 ms RMS over the threshold), pauses shorter than bridge_s bridged; seconds."""
+    hop = CLOCK_RATE // 50
+    n = len(speech) // hop
+    rms = np.sqrt(np.mean(speech[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1))
+    loud = 20 * np.log10(rms + 1e-9) > threshold_dbfs
+    intervals: list[list[float]] = []
+    for i in np.flatnonzero(loud):
+        t = i * hop / CLOCK_RATE
+        if intervals and t - intervals[-1][1] <= bridge_s:
+            intervals[-1][1] = t + hop / CLOCK_RATE
+        else:
+            intervals.append([t, t + hop / CLOCK_RATE])
+    return [(a, b) for a, b in intervals]
+
+
+def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
+    """Mean absolute difference over the lower middle of the face box (where the mouth is blended)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in (box.x1, box.y1, box.x2, box.y2))
+    w, h = x2 - x1, y2 - y1
+    ys = slice(max(y1 + int(0.62 * h), 0), min(y1 + int(0.95 * h), sent.shape[0]))
+    xs = slice(max(x1 + int(0.25 * w), 0), min(x1 + int(0.75 * w), sent.shape[1]))
+    return float(np.abs(received[ys, xs].astype(np.float32) - sent[ys, xs].astype(np.float32)).mean())
+
+
+def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
+    """Per returned video frame, (its delay) - (the delay of the audio captured with it), in seconds.
+
+    Video delay: arrival of frame k back at the client minus when frame k was sent. Audio delay:
+    found by cross-correlating the returned audio with the sent speech (the lag in samples), then
+    read off the arrival times of the returned audio. Zero means lips and sound arrive together.
+    """
+    got, arrival = client.received.audio_16k()
+    sent = np.concatenate([speech, np.zeros(max(0, len(got) - len(speech)), np.float32)])[: len(got)]
+    # The returned audio is the sent speech delayed: find the lag by FFT cross-correlation.
+    n = 1 << int(np.ceil(np.log2(2 * len(got))))
+    corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)[: len(got)]
+    lag = int(np.argmax(corr))
+    frame_s = 960 / 48_000
+    offsets = []
+    for arrived, index, _ in client.received.video:
+        if index is None or index not in client.video_track.sent:
+            continue
+        tau = client.video_track.sent[index] - client.speech_track.started  # speech time captured with frame
+        sample = int(tau * CLOCK_RATE) + lag
+        if not 0 <= sample < len(arrival):
+            continue
+        # A returned audio frame arrives once complete: its first sample was due frame_s earlier.
+        audio_arrival = arrival[sample] - frame_s + (sample % (CLOCK_RATE // 50)) / CLOCK_RATE
+        video_delay = arrived - client.video_track.sent[index]
+        audio_delay = audio_arrival - (client.speech_track.started + tau)
+        offsets.append(video_delay - audio_delay)
+    return np.asarray(offsets)

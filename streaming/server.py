@@ -1,0 +1,405 @@
+"""The gateway's HTTP side (aiohttp): WebRTC offers, the web page, speech push, health, stats, metrics.
+
+POST /offer takes {"sdp", "type": "offer"} (optionally "speech": "microphone"|"push" and
+"mode": "camera"|"presenter") and answers {"sdp", "type": "answer", "session_id"}, like
+aiortc's own examples. Every refusal is a JSON body {"error": ...} with a 4xx/5xx status.
+
+Pushing speech to a session opened with "speech": "push":
+- WebSocket /speech/{session_id}?rate=24000: binary messages are PCM s16le mono at that rate;
+  text messages are JSON: {"type": "config", "sample_rate": N} sets the rate (instead of the
+  query), {"type": "interrupt"} drops queued speech (new speech replaces old). The server
+  answers each binary message with {"type": "queued", "queued_s": ...}, an interrupt with
+  {"type": "interrupted", "dropped_s": ...}, and refused audio with {"type": "error", ...}.
+- POST /speech/{session_id}?rate=24000[&interrupt=1] with a (chunked) PCM body does the same
+  over plain HTTP; it answers once the body has been read.
+With a token configured, every route but /, /static, /healthz and /metrics needs
+"Authorization: Bearer TOKEN" (or ?token=TOKEN, for WebSockets from a browser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from client.backends import create_backend
+from client.backends.base import LipSyncBackend
+from streaming.config import GatewayConfig, parse_args
+from streaming.ice import allow_loopback_candidates, rtc_configuration
+from streaming.inference import FrameInference
+from streaming.metrics import GatewayObserver
+from streaming.presenter import PresenterSource
+from streaming.session import Session, SessionOptions
+from streaming.speech_source import SpeechRefused
+from streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+OFFER_KEYS = {"sdp", "type", "speech", "mode"}
+SPEECH_MODES = ("microphone", "push")
+VIDEO_MODES = ("camera", "presenter")
+
+
+class ApiError(web.HTTPException):
+    """A refusal with a JSON body naming what was wrong."""
+
+    def __init__(self, status: int, message: str, **headers: str) -> None:
+        self.status_code = status
+        super().__init__(
+            text=json.dumps({"error": message, "status": status}),
+            content_type="application/json",
+            headers=headers or None,
+        )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # aiohttp's own refusals (413 from client_max_size, 404, 405) get the same JSON shape.
+        raise ApiError(exc.status, exc.reason or exc.text or "refused") from exc
+
+
+class PeerSession:
+    """A session with its peer connection."""
+
+    def __init__(self, session: Session, pc: RTCPeerConnection) -> None:
+        self.session = session
+        self.pc = pc
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, backend: LipSyncBackend | None = None) -> None:
+        self.config = config
+        self.observer = GatewayObserver()
+        self._backend = backend
+        self.inference: FrameInference | None = None
+        self.peers: dict[str, PeerSession] = {}
+        self._pending_offers = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.presenter: PresenterSource | None = None
+        if config.presenter_image:
+            self.presenter = PresenterSource.from_image(config.presenter_image)
+        elif config.presenter_clip:
+            self.presenter = PresenterSource.from_clip(config.presenter_clip)
+        if config.ice_loopback:
+            allow_loopback_candidates()
+        self.app = self._build_app()
+
+    # -- app
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[json_errors], client_max_size=self.config.max_request_bytes)
+        app.router.add_get("/", self.index)
+        app.router.add_static("/static/", STATIC_DIR)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_get("/sessions/{session_id}/stats", self.stats)
+        app.router.add_delete("/sessions/{session_id}", self.delete_session)
+        app.router.add_get("/speech/{session_id}", self.speech_ws)
+        app.router.add_post("/speech/{session_id}", self.speech_http)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _startup(self, _app: web.Application) -> None:
+        if self._backend is None:
+            self._backend = create_backend(self.config.backend, **self.config.backend_options())
+        self.inference = FrameInference(
+            self._backend, self.observer, timeout_s=self.config.backend_timeout_s, retry_s=self.config.backend_retry_s
+        )
+        logger.info("gateway ready: backend %s, added delay %d ms", self._backend.name, self.config.delay_ms)
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        await asyncio.gather(*(self.close_session(sid) for sid in list(self.peers)), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._backend is not None:
+            await self._backend.aclose()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- helpers
+    def _authorize(self, request: web.Request) -> None:
+        token = self.config.token
+        if not token:
+            return
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            self.observer.rejected("unauthorized")
+            raise ApiError(401, "missing or wrong token", **{"WWW-Authenticate": "Bearer"})
+
+    def _peer(self, request: web.Request) -> PeerSession:
+        session_id = request.match_info["session_id"]
+        peer = self.peers.get(session_id)
+        if peer is None:
+            raise ApiError(404, f"no session {session_id!r}")
+        return peer
+
+    async def close_session(self, session_id: str) -> None:
+        peer = self.peers.pop(session_id, None)
+        if peer is None:
+            return
+        await peer.session.aclose()
+        await peer.pc.close()
+
+    # -- routes
+    async def index(self, _request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "sessions": len(self.peers),
+                "max_sessions": self.config.max_sessions,
+                "backend": self._backend.name if self._backend else None,
+                "backend_available": bool(self.inference and self.inference.available),
+                "added_delay_ms": self.config.delay_ms,
+                "presenter": self.presenter is not None,
+            }
+        )
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.observer.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _read_offer(self, request: web.Request) -> tuple[str, SessionOptions]:
+        if request.content_type != "application/json":
+            self.observer.rejected("content_type")
+            raise ApiError(415, f"POST /offer needs Content-Type application/json, got {request.content_type!r}")
+        limit = self.config.max_request_bytes
+        if (request.content_length or 0) > limit:
+            self.observer.rejected("too_large")
+            raise ApiError(413, f"offer body of {request.content_length} bytes is over the {limit}-byte limit")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            self.observer.rejected("too_large")
+            raise ApiError(413, f"offer body is over the {limit}-byte limit")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.observer.rejected("bad_offer")
+            raise ApiError(400, f"offer is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ApiError(400, f"offer must be a JSON object, got {type(data).__name__}")
+        if unknown := sorted(set(data) - OFFER_KEYS):
+            raise ApiError(400, f"unknown offer keys {unknown}; allowed: {sorted(OFFER_KEYS)}")
+        sdp, kind = data.get("sdp"), data.get("type")
+        if kind != "offer":
+            raise ApiError(400, f"'type' must be 'offer', got {kind!r}")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise ApiError(400, "'sdp' must be a non-empty string")
+        if len(sdp.encode()) > self.config.max_sdp_bytes:
+            self.observer.rejected("too_large")
+            raise ApiError(413, f"SDP of {len(sdp.encode())} bytes is over the {self.config.max_sdp_bytes}-byte limit")
+        speech = data.get("speech", "microphone")
+        mode = data.get("mode", "camera")
+        if speech not in SPEECH_MODES:
+            raise ApiError(400, f"'speech' must be one of {list(SPEECH_MODES)}, got {speech!r}")
+        if mode not in VIDEO_MODES:
+            raise ApiError(400, f"'mode' must be one of {list(VIDEO_MODES)}, got {mode!r}")
+        if mode == "presenter" and self.presenter is None:
+            raise ApiError(400, "presenter mode needs --presenter_image or --presenter_clip on the gateway")
+        return sdp, SessionOptions(speech=speech, mode=mode)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        sdp, options = await self._read_offer(request)
+        if len(self.peers) + self._pending_offers >= self.config.max_sessions:
+            self.observer.rejected("max_sessions")
+            raise ApiError(
+                503, f"all {self.config.max_sessions} sessions are in use; try again later", **{"Retry-After": "5"}
+            )
+        self._pending_offers += 1
+        try:
+            return await self._answer(sdp, options)
+        finally:
+            self._pending_offers -= 1
+
+    async def _answer(self, sdp: str, options: SessionOptions) -> web.Response:
+        pc = RTCPeerConnection(rtc_configuration())
+        session = Session(self.config, self.inference, self.observer, options=options, on_idle=self._on_idle)
+        log = {"session_id": session.id}
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "video" and options.mode == "camera":
+                session.read_video_track(track)
+            elif track.kind == "audio":
+                session.read_audio_track(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("peer connection %s", pc.connectionState, extra=log)
+            if pc.connectionState == "connected" and options.mode == "presenter" and self.presenter is not None:
+                session.run_presenter(self.presenter)
+            elif pc.connectionState in ("failed", "closed"):
+                self._spawn(self.close_session(session.id), f"close-{session.id}")
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            kinds = set()
+            for transceiver in pc.getTransceivers():
+                kind = transceiver.kind
+                if kind in kinds:
+                    continue
+                kinds.add(kind)
+                pc.addTrack(LipSyncVideoTrack(session.sync) if kind == "video" else DelayedAudioTrack(session.sync))
+            if "video" not in kinds:
+                raise ValueError("the offer has no video m-line to send the lip-synced video on")
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as exc:  # aiortc raises many types for a bad SDP; all are the peer's fault here
+            await session.aclose()
+            await pc.close()
+            self.observer.rejected("bad_sdp")
+            logger.info("offer refused: %s", exc, extra=log)
+            raise ApiError(400, f"cannot use this offer: {exc}") from exc
+        self.peers[session.id] = PeerSession(session, pc)
+        logger.info("session opened (%s speech, %s video)", options.speech, options.mode, extra=log)
+        return web.json_response(
+            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session.id},
+            headers={"Location": f"/sessions/{session.id}"},
+        )
+
+    async def _on_idle(self, session: Session) -> None:
+        self._spawn(self.close_session(session.id), f"close-{session.id}")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        peer = self._peer(request)
+        summary = self.observer.sessions[peer.session.id].summary() if peer.session.id in self.observer.sessions else {}
+        summary.update(
+            speech=peer.session.options.speech,
+            mode=peer.session.options.mode,
+            connection=peer.pc.connectionState,
+            backend_available=bool(self.inference and self.inference.available),
+            speech_queued_s=round(peer.session.push_speech.queued_s, 3) if peer.session.push_speech else None,
+        )
+        return web.json_response(summary)
+
+    async def delete_session(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        peer = self._peer(request)
+        await self.close_session(peer.session.id)
+        return web.json_response({"closed": peer.session.id})
+
+    def _push_target(self, request: web.Request):
+        self._authorize(request)
+        peer = self._peer(request)
+        if peer.session.push_speech is None:
+            raise ApiError(409, f'session {peer.session.id} uses its microphone; open it with "speech": "push"')
+        return peer.session.push_speech
+
+    @staticmethod
+    def _rate(value: str | None) -> int | None:
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError as exc:
+            raise ApiError(400, f"rate must be an integer sample rate in Hz, got {value!r}") from exc
+
+    async def speech_ws(self, request: web.Request) -> web.WebSocketResponse:
+        target = self._push_target(request)
+        rate = self._rate(request.query.get("rate"))
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_speech_message_bytes, heartbeat=20)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                if rate is None:
+                    await ws.send_json(
+                        {"type": "error", "error": "declare the sample rate first (?rate= or a config message)"}
+                    )
+                    continue
+                try:
+                    await target.push_pcm(msg.data, rate)
+                    await ws.send_json({"type": "queued", "queued_s": round(target.queued_s, 3)})
+                except SpeechRefused as exc:
+                    await ws.send_json({"type": "error", "error": str(exc)})
+            elif msg.type == WSMsgType.TEXT:
+                try:
+                    control = json.loads(msg.data)
+                    kind = control["type"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    await ws.send_json(
+                        {"type": "error", "error": f"text messages must be JSON with a 'type': {msg.data[:80]!r}"}
+                    )
+                    continue
+                if kind == "interrupt":
+                    await ws.send_json({"type": "interrupted", "dropped_s": round(target.interrupt(), 3)})
+                elif kind == "config" and isinstance(control.get("sample_rate"), int):
+                    rate = control["sample_rate"]
+                    await ws.send_json({"type": "config", "sample_rate": rate})
+                else:
+                    await ws.send_json({"type": "error", "error": f"unknown control message {control!r}"})
+            elif msg.type == WSMsgType.ERROR:
+                logger.info("speech socket closed with %s", ws.exception())
+        return ws
+
+    async def speech_http(self, request: web.Request) -> web.Response:
+        target = self._push_target(request)
+        rate = self._rate(request.query.get("rate"))
+        if rate is None:
+            raise ApiError(400, "POST /speech needs ?rate=<sample rate in Hz>")
+        if request.query.get("interrupt") in ("1", "true"):
+            target.interrupt()
+        carry = b""
+        try:
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                data = carry + chunk
+                carry = data[len(data) - len(data) % 2 :]
+                await target.push_pcm(data[: len(data) - len(carry)], rate)
+        except SpeechRefused as exc:
+            raise ApiError(413 if "queued" in str(exc) else 400, str(exc)) from exc
+        return web.json_response({"queued_s": round(target.queued_s, 3), "received_s": round(target.received_s, 3)})
+
+
+class _SessionIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.session = f"[{record.session_id}] " if hasattr(record, "session_id") else ""
+        return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script `lipsync-gateway`."""
+    try:
+        config = parse_args(argv)
+    except ValueError as exc:
+        print(f"lipsync-gateway: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    handler.addFilter(_SessionIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(session)s%(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    logger.info("config: %s", json.dumps(config.public()))
+    gateway = Gateway(config)
+    started = time.monotonic()
+    with contextlib.suppress(KeyboardInterrupt):
+        web.run_app(gateway.app, host=config.host, port=config.port, print=lambda msg: logger.info(msg))
+    logger.info("gateway stopped after %.0f s", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

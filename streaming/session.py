@@ -1,0 +1,364 @@
+"""One session's pipeline (DESIGN.md "Data flow"): video -> face tracking -> mouth generation -> A/V sync.
+
+Speech reaches the session's `SpeechTimeline` from the microphone track or from pushed PCM; the
+mouth stage waits for the audio a frame's mel window reaches into, asks the VAD whether the
+frame is speech, and only then asks the backend for a mouth. Everything else passes through
+unchanged: silence, no face in view, a backend that is down or late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from client.blend import blend_face
+from client.face_crop import crop_face, model_face_input, pad_box
+from client.face_tracking import FaceTracker
+from streaming.av_sync import AvSynchronizer, MediaClock
+from streaming.config import GatewayConfig
+from streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, VideoFrame, clock_to_seconds
+from streaming.inference import FrameInference
+from streaming.metrics import GatewayObserver
+from streaming.speech_source import MicrophoneReader, PushSpeech, SpeechTimeline
+from streaming.stream import Overflow, Stage
+from streaming.vad import VoiceActivity
+
+logger = logging.getLogger(__name__)
+
+
+class FaceProcessor:
+    """The CPU work on pictures for one session: find the face, cut the model's input, paste the mouth.
+
+    Called from an executor thread, one frame at a time per session (the tracker has state).
+    """
+
+    def __init__(self, tracker: FaceTracker | None = None) -> None:
+        self.tracker = tracker if tracker is not None else FaceTracker()
+
+    def locate(self, image: np.ndarray) -> tuple[object | None, np.ndarray | None]:
+        """(crop region, (6,96,96) model face input), or (None, None) when no face is in view."""
+        box = self.tracker.update(image)
+        if box is None:
+            return None, None
+        region = pad_box(box, image.shape)
+        return region, model_face_input(crop_face(image, region))
+
+    def blend(self, image: np.ndarray, generated: np.ndarray, region: object) -> np.ndarray:
+        return blend_face(image, generated, region)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+
+    def warm_up(self) -> None:
+        """Load the detector's graph (about a second for MediaPipe) before the first frame needs it."""
+        self.locate(np.full((240, 320, 3), 127, np.uint8))
+        self.reset()
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the peer asked for in its offer."""
+
+    speech: str = "microphone"  # "microphone" | "push"
+    mode: str = "camera"  # "camera" | "presenter"
+
+
+class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
+    """Tracks the face on each frame, in order; keeps only the newest two frames waiting."""
+
+    def __init__(self, faces: FaceProcessor, observer: GatewayObserver, session_id: str) -> None:
+        super().__init__(
+            "track",
+            maxsize=2,
+            overflow=Overflow.DROP_OLDEST,
+            on_drop=lambda _: observer.dropped(session_id, "track_queue_full"),
+            on_depth=lambda n: observer.queue_depth(session_id, "track", n),
+        )
+        self._faces = faces
+        self._observer = observer
+        self._session = session_id
+        self._had_face = False
+        self.warmed = asyncio.Event()
+
+    async def warm_up(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._faces.warm_up)
+        finally:
+            self.warmed.set()
+
+    async def process(self, frame: VideoFrame) -> FaceFrame:
+        await self.warmed.wait()
+        start = time.perf_counter()
+        region, face_input = await asyncio.get_running_loop().run_in_executor(None, self._faces.locate, frame.image)
+        if self._had_face and region is None:
+            self._observer.face_lost(self._session)
+        self._had_face = region is not None
+        return FaceFrame(frame, region, face_input, time.perf_counter() - start)
+
+
+class MouthStage(Stage[FaceFrame, OutputFrame]):
+    """Generates the mouth of each speech frame that shows a face; up to `concurrency` frames at once."""
+
+    def __init__(
+        self,
+        *,
+        timeline: SpeechTimeline,
+        clock: MediaClock,
+        inference: FrameInference,
+        faces: FaceProcessor,
+        observer: GatewayObserver,
+        session_id: str,
+        delay: int,
+        fps: float,
+        compute_budget_s: float,
+        concurrency: int,
+    ) -> None:
+        super().__init__(
+            "mouth",
+            maxsize=max(4, int(clock_to_seconds(delay) * fps)),
+            overflow=Overflow.DROP_OLDEST,
+            concurrency=concurrency,
+            on_drop=lambda _: observer.dropped(session_id, "mouth_queue_full"),
+            on_depth=lambda n: observer.queue_depth(session_id, "mouth", n),
+        )
+        self._timeline = timeline
+        self._clock = clock
+        self._inference = inference
+        self._faces = faces
+        self._observer = observer
+        self._session = session_id
+        self._delay = delay
+        self._frame_len = round(CLOCK_RATE / fps)
+        self._budget = compute_budget_s
+
+    async def process(self, item: FaceFrame) -> OutputFrame:
+        video = item.video
+        stages = {"track": item.track_s}
+
+        def passthrough(outcome: str) -> OutputFrame:
+            return OutputFrame(video, video.image, outcome, stages, time.monotonic())
+
+        if item.region is None:
+            return passthrough("no_face")
+        due = self._clock.wall(video.pts + self._delay)
+        # Audio may take until 60 % of the compute budget is left; then the frame goes on without it.
+        audio_deadline = due - 0.6 * self._budget
+        waited = time.monotonic()
+        end = video.pts + self._frame_len
+        await self._timeline.wait_for(end + CLOCK_RATE // 50, audio_deadline)
+        speech = self._timeline.speech_in(video.pts, end)
+        if not speech:
+            return passthrough("silence" if speech is not None else "no_audio")
+        mel = await self._timeline.mel_window(video.pts, audio_deadline)
+        ready = time.monotonic()
+        stages["audio_wait"] = ready - waited
+        if mel is None:
+            return passthrough("no_audio")
+        generated, outcome = await self._inference.generate(mel, item.face_input, due - 0.01)
+        inferred = time.monotonic()
+        stages["infer"] = inferred - ready
+        if generated is None:
+            return passthrough(outcome)
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(None, self._faces.blend, video.image, generated, item.region)
+        done = time.monotonic()
+        stages["blend"] = done - inferred
+        stages["mouth"] = stages["track"] + stages["infer"] + stages["blend"]
+        for name, seconds in stages.items():
+            self._observer.stage(self._session, name, seconds)
+        if stages["mouth"] > self._budget:
+            logger.info(
+                "mouth took %.0f ms, over the %.0f ms budget",
+                1000 * stages["mouth"],
+                1000 * self._budget,
+                extra={"session_id": self._session},
+            )
+        return OutputFrame(video, image, "generated", stages, done)
+
+
+class Session:
+    """Owns a session's clock, speech, stages and tasks; closed with `aclose` (tasks cancelled and awaited)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        inference: FrameInference,
+        observer: GatewayObserver,
+        *,
+        options: SessionOptions = SessionOptions(),
+        faces: FaceProcessor | None = None,
+        clock: MediaClock | None = None,
+        session_id: str | None = None,
+        on_idle: Callable[[Session], Awaitable[None]] | None = None,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex[:12]
+        self.config = config
+        self.options = options
+        self.observer = observer
+        self.stats = observer.session_started(self.id)
+        self.clock = clock or MediaClock()
+        self.delay = config.delay_ms * CLOCK_RATE // 1000
+        observer.set_delay(self.id, config.delay_ms)
+        vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
+        self.timeline = SpeechTimeline(vad)
+        self.faces = faces or FaceProcessor()
+        self.sync = AvSynchronizer(
+            self.clock, self.timeline, delay=self.delay, fps=config.fps, observer=observer, session_id=self.id
+        )
+        self._track = FaceTrackStage(self.faces, observer, self.id)
+        self._mouth = MouthStage(
+            timeline=self.timeline,
+            clock=self.clock,
+            inference=inference,
+            faces=self.faces,
+            observer=observer,
+            session_id=self.id,
+            delay=self.delay,
+            fps=config.fps,
+            compute_budget_s=config.compute_budget_ms / 1000,
+            concurrency=config.inference_concurrency,
+        )
+        self.push_speech: PushSpeech | None = None
+        self._frames_in = 0
+        self._last_input = time.monotonic()
+        self._on_idle = on_idle
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self.closed = asyncio.Event()
+        self._spawn(self._track.warm_up(), "warm-up")
+        self._spawn(self._pump_track(), "pump-track")
+        self._spawn(self._pump_mouth(), "pump-mouth")
+        self._spawn(self._watch_idle(), "idle-watchdog")
+        if options.speech == "push":
+            self.push_speech = PushSpeech(
+                self.timeline, self.clock.now, lead_s=config.lookahead_ms / 1000, max_seconds=config.max_speech_seconds
+            )
+            self._spawn(self.push_speech.run(), "push-speech")
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "session task %s failed", task.get_name(), exc_info=task.exception(), extra={"session_id": self.id}
+            )
+
+    async def ready(self) -> None:
+        """Wait until the face detector is loaded (frames before that are dropped as the queue fills)."""
+        await self._track.warmed.wait()
+
+    # -- inputs
+    def submit_video(self, image: np.ndarray, arrived: float | None = None) -> bool:
+        """Stamp a BGR picture on the clock and queue it for tracking; False if it was refused."""
+        h, w = image.shape[:2]
+        if (
+            image.ndim != 3
+            or image.shape[2] != 3
+            or w > self.config.max_frame_width
+            or h > self.config.max_frame_height
+        ):
+            self.observer.dropped(self.id, "bad_size")
+            return False
+        self._last_input = time.monotonic()
+        frame = VideoFrame(self.clock.now(), image, self._frames_in, arrived or time.monotonic())
+        self._frames_in += 1
+        self._track.push(frame)
+        return True
+
+    def read_video_track(self, track) -> None:
+        """Consume an aiortc video track into the pipeline (the conversion to BGR runs off the loop)."""
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                frame = await track.recv()
+                arrived = time.monotonic()
+                if frame.width > self.config.max_frame_width or frame.height > self.config.max_frame_height:
+                    self.observer.dropped(self.id, "bad_size")
+                    continue
+                image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
+                self.submit_video(image, arrived)
+
+        self._spawn(self._until_track_ends(run()), "video-in")
+
+    def read_audio_track(self, track) -> None:
+        """Use the peer's microphone as the speech source (ignored in push mode, but drained)."""
+        if self.options.speech == "push":
+            self._spawn(self._until_track_ends(self._drain(track)), "audio-drain")
+            return
+        reader = MicrophoneReader(track, self.timeline, self.clock.now)
+        self._spawn(self._until_track_ends(reader.run(on_chunk=self._touch)), "audio-in")
+
+    def _touch(self) -> None:
+        self._last_input = time.monotonic()
+
+    async def _drain(self, track) -> None:
+        while True:
+            await track.recv()
+            self._touch()
+
+    async def _until_track_ends(self, coro) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        with contextlib.suppress(MediaStreamError):
+            await coro
+
+    def run_presenter(self, source) -> None:
+        """Drive the video from a presenter face source at the configured frame rate."""
+
+        async def run() -> None:
+            period = 1.0 / self.config.fps
+            index = 0
+            while True:
+                await self.clock.sleep_until(self.clock.t0 + index * period)
+                self.submit_video(source.frame(index))
+                index += 1
+
+        self._spawn(run(), "presenter")
+
+    # -- plumbing
+    async def _pump_track(self) -> None:
+        async for face_frame in self._track:
+            self._mouth.push(face_frame)
+
+    async def _pump_mouth(self) -> None:
+        async for out in self._mouth:
+            self.sync.push_video(out)
+
+    async def _watch_idle(self) -> None:
+        idle = self.config.session_idle_s
+        while True:
+            await asyncio.sleep(min(idle / 4, 1.0))
+            if time.monotonic() - self._last_input > idle:
+                logger.info("no media for %.1f s; closing", idle, extra={"session_id": self.id})
+                if self._on_idle is not None:
+                    await self._on_idle(self)
+                return
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._track.aclose()
+        await self._mouth.aclose()
+        self.observer.session_ended(self.id)
+        self.closed.set()
+        logger.info("session closed", extra={"session_id": self.id})

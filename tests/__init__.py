@@ -1,0 +1,1 @@
+"""The test suite, by marker: unit, integration, browser, gpu, slow."""

@@ -1,0 +1,1 @@
+"""Training data: the synthetic corpus, preprocessing of real video, and datasets over the LRS2 layout."""
