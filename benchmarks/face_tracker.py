@@ -14,6 +14,7 @@ machine is doing: the load average is saved with them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 
 from benchmarks.machine import cpu_model, describe_machine
-from benchmarks.synthetic_media import SyntheticClip, make_moving_face_clip
+from benchmarks.synthetic_media import SyntheticClip, frame_without_face, make_moving_face_clip
 from client.blend import blend_face
 from client.face_crop import crop_face, model_face_input, pad_box
 from client.face_tracking import (
@@ -140,7 +141,13 @@ def run(n_frames: int) -> dict:
         if every == 5:
             tracked = boxes
 
-    regions = [pad_box(b, frames[0].shape) for b in tracked]
+    # Frames without a face (a cut-away): the tracker looks for one on every frame and passes them on.
+    empty = [frame_without_face((640, 480), seed=i % 10) for i in range(min(50, n_frames))]
+    tracker = FaceTracker(detector)
+    ms, _ = _timed(empty, lambda _i, f: tracker.update(f))
+    record("tracker, frames without a face", ms, no_face=tracker.stats.no_face, frames=len(empty))
+
+    regions = [pad_box(b or truth, frames[0].shape) for b, truth in zip(tracked, clip.boxes, strict=True)]
     ms, crops = _timed(frames, lambda i, f: crop_face(f, regions[i]))
     record("crop (pad + resize to 96x96)", ms)
     ms, _ = _timed(frames, lambda i, f: model_face_input(crops[i]))
@@ -182,7 +189,7 @@ def run(n_frames: int) -> dict:
             "opencv": cv2.__version__,
             "mediapipe": mediapipe.__version__,
         },
-        "tracker_config": TrackerConfig().__dict__,
+        "tracker_config": dataclasses.asdict(TrackerConfig()),
         "results": results,
         "smoothing": quality,
         "wall_s": time.time() - t_start,
@@ -196,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.frames < 20:
         parser.error(f"--frames must be at least 20, got {args.frames}")
-    print(f"machine: {describe_machine()} ({platform.processor() or 'processor unknown'}, os.cpu_count()={os.cpu_count()})")
+    print(
+        f"machine: {describe_machine()} ({platform.processor() or 'processor unknown'}, os.cpu_count()={os.cpu_count()})"
+    )
     report = run(args.frames)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

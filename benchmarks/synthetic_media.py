@@ -162,6 +162,8 @@ def make_moving_face_clip(
     return SyntheticClip(frames, boxes, fps)
 
 
-def moving_face_clip(n_frames: int, size: tuple[int, int] = (640, 480), fps: float = 25.0, **kwargs) -> list[np.ndarray]:
+def moving_face_clip(
+    n_frames: int, size: tuple[int, int] = (640, 480), fps: float = 25.0, **kwargs
+) -> list[np.ndarray]:
     """Just the frames of make_moving_face_clip (same keyword arguments)."""
     return make_moving_face_clip(n_frames, size, fps, **kwargs).frames

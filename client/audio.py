@@ -131,6 +131,13 @@ def mel_basis() -> np.ndarray:
     return basis
 
 
+@functools.cache
+def _mel_basis_f64() -> np.ndarray:
+    # The float32 values promoted once: the same float64 product np.dot(float32 basis, float64 spectrum)
+    # forms in the original, without converting the basis on every call (the streaming hot path).
+    return mel_basis().astype(np.float64)
+
+
 # ----------------------------------------------------------------------------- mel spectrogram
 
 
@@ -163,11 +170,11 @@ def columns_from_padded(padded: np.ndarray) -> np.ndarray:
     if n_cols <= 0:
         return out
     frames = sliding_window_view(padded, N_FFT)[::HOP_SIZE]
-    basis = mel_basis()
+    basis = _mel_basis_f64()
     for a in range(0, n_cols, _COLUMNS_PER_BLOCK):
         b = min(n_cols, a + _COLUMNS_PER_BLOCK)
         magnitude = np.abs(np.fft.rfft(frames[a:b] * _WINDOW, axis=1))  # (n, 401): magnitude, not power
-        mel = basis @ magnitude.T  # float32 basis @ float64 -> float64, as np.dot in the original
+        mel = basis @ magnitude.T
         db = 20 * np.log10(np.maximum(_MIN_LEVEL, mel)) - REF_LEVEL_DB
         out[:, a:b] = np.clip(
             (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / (-MIN_LEVEL_DB)) - MAX_ABS_VALUE,

@@ -53,7 +53,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = base
         kwargs.update(meta)
         if default is not None and kwargs.get("help"):
-            kwargs["help"] += f" (default: {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
+            kwargs["help"] += (
+                f" (default: {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
+            )
         kwargs["default"] = default
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             kwargs["required"] = True

@@ -40,9 +40,7 @@ class CropRegion:
         return self.y2 - self.y1
 
 
-def pad_box(
-    box: FaceBox, frame_shape: Sequence[int], pads: tuple[int, int, int, int] = DEFAULT_PADS
-) -> CropRegion:
+def pad_box(box: FaceBox, frame_shape: Sequence[int], pads: tuple[int, int, int, int] = DEFAULT_PADS) -> CropRegion:
     """Pad a face box by (top, bottom, left, right) pixels and clip it to the frame.
 
     The original's semantics: y1 - top, y2 + bottom, x1 - left, x2 + right, clipped to
@@ -108,9 +106,7 @@ def model_face_input(target96: np.ndarray, reference96: np.ndarray | None = None
     return pair
 
 
-def batch_face_inputs(
-    targets: Sequence[np.ndarray], references: Sequence[np.ndarray] | None = None
-) -> np.ndarray:
+def batch_face_inputs(targets: Sequence[np.ndarray], references: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Stack model_face_input over a batch: (N, 6, 96, 96) float32 (the contract's FACE_INPUT)."""
     if len(targets) == 0:
         raise ValueError("batch_face_inputs needs at least one face")

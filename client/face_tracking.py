@@ -83,7 +83,7 @@ class FaceDetector:
         """The face near prior (where the tracker expects it), falling back to the whole frame."""
         return self.detect(frame_bgr)
 
-    def close(self) -> None:  # noqa: B027 - optional hook; most detectors hold nothing
+    def close(self) -> None:
         """Release the detector's graphs or sessions."""
 
     def __enter__(self) -> FaceDetector:
@@ -118,7 +118,7 @@ class FixedBoxDetector(FaceDetector):
 
 
 # Short range (model 0) misses faces under about 20 % of a 640x480 frame's height and, on a
-# busy background, finds faces that are not there; full range (model 1) finds faces from 10 %
+# busy background, finds faces that are not there; full range (model 1) finds faces from 12 %
 # to 70 % but costs 2.8x as much and its boxes sit higher (the chin falls outside them).
 # The default therefore uses both: full range finds the face in the whole frame, short range
 # then places the box on a crop around it, where the face fills 40 % of the input and short
@@ -148,7 +148,9 @@ class MediaPipeFaceDetector(FaceDetector):
         self.min_score = min_score
         self._graphs = {}
         for model in (SHORT_RANGE, FULL_RANGE) if model_selection is None else (model_selection,):
-            self._graphs[model] = face_detection.FaceDetection(min_detection_confidence=min_score, model_selection=model)
+            self._graphs[model] = face_detection.FaceDetection(
+                min_detection_confidence=min_score, model_selection=model
+            )
         self._finder = self._graphs[FULL_RANGE if model_selection is None else model_selection]
         self._placer = self._graphs[SHORT_RANGE if model_selection is None else model_selection]
 
@@ -215,10 +217,11 @@ def _check_frame(frame: np.ndarray) -> None:
 class _FlowFollower:
     """Moves a box from frame to frame with pyramidal Lucas-Kanade flow of corners on the face.
 
-    About 0.6-0.9 ms per 640x480 frame (vs 2 ms for a short-range detection): grey conversion at a
-    scale where the face is about 80 px tall, forward and backward flow of up to 24 corners, and
-    a RANSAC similarity transform, so a talking mouth (points that move on their own) does not
-    drag the box. Returns None when too few points survive; the tracker then detects.
+    About 1 ms of CPU per 640x480 frame (a short-range detection near the track: about 2.5 ms;
+    benchmarks/face_tracker.py): grey conversion at a power-of-two scale where the face is about
+    80 px tall, forward and backward flow of up to 24 corners, and a RANSAC similarity transform,
+    so a talking mouth (points that move on their own) does not drag the box. Returns None when
+    too few points survive; the tracker then detects.
     """
 
     FACE_PX = 80.0  # face height in the working image (within a factor of 1.4 of it)
@@ -293,7 +296,9 @@ class _FlowFollower:
         s = self._scale
         cx, cy = self._box.center
         nx, ny = affine @ np.array([cx * s, cy * s, 1.0])
-        self._box = FaceBox.from_center(nx / s, ny / s, self._box.width * zoom, self._box.height * zoom, self._box.score)
+        self._box = FaceBox.from_center(
+            nx / s, ny / s, self._box.width * zoom, self._box.height * zoom, self._box.score
+        )
         self._points = dst[inliers.ravel() == 1].reshape(-1, 1, 2)
         return self._box
 
@@ -405,7 +410,7 @@ class FaceTracker:
     Not thread-safe: one tracker per video stream.
     """
 
-    def __init__(self, detector: FaceDetector | None = None, config: TrackerConfig = TrackerConfig()):  # noqa: B008 - frozen
+    def __init__(self, detector: FaceDetector | None = None, config: TrackerConfig = TrackerConfig()):
         self.config = config
         self._owns_detector = detector is None
         self.detector = detector if detector is not None else MediaPipeFaceDetector(min_score=config.min_score)

@@ -190,8 +190,10 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         wav = load_audio(config.audio)
         if not np.isfinite(wav).all():
             raise AudioError(f"{config.audio} decodes to NaN/inf samples")
-        windows = mel_windows(melspectrogram(wav), fps)
-    n_frames = len(windows)
+        # One frame per 1/fps of audio, so the video lasts as long as the soundtrack. (The original stopped
+        # when the last full 200-ms window ran out, leaving the final ~200 ms of audio without video.)
+        n_frames = max(1, round(len(wav) / contract.SAMPLE_RATE * fps))
+        windows = mel_windows(melspectrogram(wav), fps, n_frames)
     width, height = output_size(info, config)
     report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
     report.audio_seconds = len(wav) / contract.SAMPLE_RATE
@@ -236,7 +238,11 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
                     regions.append(pad_box(box, frame.shape, config.pads) if box is not None else None)
             with timer.stage("crop"):
                 with_face = [i for i, r in enumerate(regions) if r is not None]
-                faces = np.stack([model_face_input(crop_face(batch_frames[i], regions[i])) for i in with_face]) if with_face else None
+                faces = (
+                    np.stack([model_face_input(crop_face(batch_frames[i], regions[i])) for i in with_face])
+                    if with_face
+                    else None
+                )
                 mels = windows[start : start + count][with_face][:, None] if with_face else None
             generated = None
             if with_face:
@@ -245,7 +251,9 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
                         generated = backend.infer(mels.astype(np.float32), faces)
                     except BackendError as exc:
                         # Keep going: the frames are written unchanged, counted, and the job still finishes.
-                        log.warning("backend failed on frames %d-%d, passing them through: %s", start, start + count - 1, exc)
+                        log.warning(
+                            "backend failed on frames %d-%d, passing them through: %s", start, start + count - 1, exc
+                        )
                         report.frames_passed_through += len(with_face)
             with timer.stage("blend"):
                 out_frames = list(batch_frames)
@@ -286,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = config_from_args(LipSyncConfig, args)
         report = run(config, progress=not args.quiet)
@@ -295,11 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_resolved_config(config, config.outfile.with_suffix(".json"), {"report": report.__dict__})
     if not args.quiet:
-        print(f"\nwrote {report.outfile}: {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, "
-              f"{report.audio_seconds:.2f} s audio")
+        print(
+            f"\nwrote {report.outfile}: {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, "
+            f"{report.audio_seconds:.2f} s audio"
+        )
         print(f"backend: {report.backend}; weights: {report.weights}")
-        print(f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
-              f"(passed through), {report.frames_passed_through} passed through after backend errors")
+        print(
+            f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
+            f"(passed through), {report.frames_passed_through} passed through after backend errors"
+        )
         print(report.summary)
     return 130 if report.interrupted else 0
 

@@ -12,7 +12,7 @@ import operator
 
 import av
 import numpy as np
-from scipy import signal
+from numpy.lib.stride_tricks import sliding_window_view
 
 from client.audio import (
     HOP_SIZE,
@@ -38,6 +38,7 @@ __all__ = ["StreamingMel", "StreamingResampler"]
 
 _PAD = N_FFT // 2  # the centred STFT reaches 400 samples either side of column t's centre t*200
 _OUTPUTS_PER_BLOCK = 4096  # bounds the (outputs x taps) gather of one resampling step
+_MAX_GROUPED_PHASES = 8  # up to this many polyphase branches, resample branch by branch
 
 
 class StreamingResampler:
@@ -146,11 +147,19 @@ class StreamingResampler:
         if needed > self._buf.size:  # only at flush: the signal is zero after its end
             self._buf = np.concatenate([self._buf, np.zeros(needed - self._buf.size)])
         out = np.empty(m.size)
-        offsets = np.arange(k)
-        for a in range(0, m.size, _OUTPUTS_PER_BLOCK):
-            b = min(m.size, a + _OUTPUTS_PER_BLOCK)
-            window = self._buf[first[a:b, None] + offsets]
-            out[a:b] = np.einsum("mk,mk->m", window, self._branches[phase[a:b]])
+        if up <= _MAX_GROUPED_PHASES:
+            # Outputs m and m+up use the same branch and inputs `down` apart: one matrix-vector
+            # product per branch over a strided view of the buffer, no copy (48 kHz -> 16 kHz: up = 1).
+            windows = sliding_window_view(self._buf, k)
+            for p in range(min(up, m.size)):
+                rows = first[p::up]
+                out[p::up] = windows[rows[0] : rows[-1] + 1 : down] @ self._branches[phase[p]]
+        else:  # many branches (44.1 kHz: up = 160): gather each output's inputs, in bounded blocks
+            offsets = np.arange(k)
+            for a in range(0, m.size, _OUTPUTS_PER_BLOCK):
+                b = min(m.size, a + _OUTPUTS_PER_BLOCK)
+                window = self._buf[first[a:b, None] + offsets]
+                out[a:b] = np.einsum("mk,mk->m", window, self._branches[phase[a:b]])
         self._n_out = end
         # Keep only the history the next output needs.
         next_first = (end * down + self._half_len) // up - (k - 1)
@@ -192,7 +201,7 @@ class StreamingMel:
         """Start a new stream: column and sample counts go back to 0, the filter state is cleared."""
         self._y = np.zeros(0)  # pre-emphasised samples; _y[0] is absolute sample _y_start
         self._y_start = 0
-        self._zi = np.zeros(1)  # pre-emphasis state: -0.97 * the last input sample
+        self._last = 0.0  # the last input sample, for the pre-emphasis across chunks
         self._received = 0
         self._ready = 0
         self._ended = False
@@ -247,7 +256,13 @@ class StreamingMel:
         if x.size == 0:
             return 0
         check_finite(x, "audio chunk")  # before any state changes: the caller may drop the chunk
-        y, self._zi = signal.lfilter([1.0, -PREEMPHASIS], [1.0], x.astype(np.float64), zi=self._zi)
+        # y[n] = x[n] - 0.97 x[n-1] across chunk borders; the same IEEE operations lfilter performs
+        # offline (x[n] + (-0.97 * x[n-1])), without its per-call overhead.
+        x = x.astype(np.float64)
+        y = x.copy()
+        y[0] -= PREEMPHASIS * self._last
+        y[1:] -= PREEMPHASIS * x[:-1]
+        self._last = x[-1]
         self._y = np.concatenate([self._y, y])
         self._received += x.size
         before = self._ready

@@ -286,7 +286,10 @@ class EmbeddedTritonServer:
                 )
             if self.is_ready():
                 log.info(
-                    "tritonserver ready: gRPC %s, HTTP %s, models %s", self.grpc_url, self.http_url, ", ".join(self.models)
+                    "tritonserver ready: gRPC %s, HTTP %s, models %s",
+                    self.grpc_url,
+                    self.http_url,
+                    ", ".join(self.models),
                 )
                 return
             time.sleep(0.2)
@@ -357,25 +360,39 @@ class EmbeddedTritonServer:
 @dataclass(frozen=True)
 class ServerConfig:
     model_repository: Path = field(
-        default=DEFAULT_MODEL_REPOSITORY, metadata={"help": "Triton model repository (written by lipsync-export)"}
+        default=DEFAULT_MODEL_REPOSITORY,
+        metadata={"flag": "--model-repository", "help": "Triton model repository (written by lipsync-export)"},
     )
     models: tuple[str, ...] = field(
         default=(contract.EMBEDDED_MODEL,),
         metadata={
+            "flag": "--models",
             "nargs": "+",
             "help": "models to load; this build of tritonserver has only the Python backend, so the ONNX and "
             "TensorRT models are for the official container",
         },
     )
-    grpc_port: int = field(default=8001, metadata={"help": "gRPC port on 127.0.0.1 (0: a free port)"})
-    http_port: int = field(default=8000, metadata={"help": "HTTP port on 127.0.0.1 (0: a free port)"})
-    metrics_port: int = field(default=8002, metadata={"help": "Prometheus metrics port on 127.0.0.1 (0: a free port)"})
-    startup_timeout: float = field(default=180.0, metadata={"help": "seconds to wait for the models to load"})
-    log_verbose: int = field(default=0, metadata={"help": "tritonserver --log-verbose level"})
+    grpc_port: int = field(
+        default=8001, metadata={"flag": "--grpc-port", "help": "gRPC port on 127.0.0.1 (0: a free port)"}
+    )
+    http_port: int = field(
+        default=8000, metadata={"flag": "--http-port", "help": "HTTP port on 127.0.0.1 (0: a free port)"}
+    )
+    metrics_port: int = field(
+        default=8002,
+        metadata={"flag": "--metrics-port", "help": "Prometheus metrics port on 127.0.0.1 (0: a free port)"},
+    )
+    startup_timeout: float = field(
+        default=180.0, metadata={"flag": "--startup-timeout", "help": "seconds to wait for the models to load"}
+    )
+    log_verbose: int = field(default=0, metadata={"flag": "--log-verbose", "help": "tritonserver --log-verbose level"})
     url: str | None = field(
         default=None,
-        metadata={"help": "do not start a server: check the Triton at this gRPC address (host:port) and print how "
-        "clients use it"},
+        metadata={
+            "flag": "--url",
+            "help": "do not start a server: check the Triton at this gRPC address (host:port) and print how "
+            "clients use it",
+        },
     )
 
     def __post_init__(self) -> None:

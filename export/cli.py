@@ -30,7 +30,10 @@ DEFAULT_TIMING_CACHE = REPO_ROOT / "artifacts" / "tensorrt_timing.cache"
 class ExportConfig:
     checkpoint: Path | None = field(
         default=None,
-        metadata={"flag": "--checkpoint", "help": f"generator weights (default: the shipped {DEFAULT_CHECKPOINT.name})"},
+        metadata={
+            "flag": "--checkpoint",
+            "help": f"generator weights (default: the shipped {DEFAULT_CHECKPOINT.name})",
+        },
     )
     random_weights: bool = field(
         default=False, metadata={"flag": "--random-weights", "help": "export a randomly initialised generator (tests)"}
@@ -185,8 +188,7 @@ def run(config: ExportConfig) -> dict:
         if config.tensorrt:
             engine_path = model_repository.artifact_path(repo, contract.TENSORRT_MODEL, "model.plan")
             spec = EngineSpec(opt_batch=min(contract.OPT_BATCH, config.max_batch), max_batch=config.max_batch)
-            stage(f"ONNX -> TensorRT FP16 (profile {spec.min_batch}/{spec.opt_batch}/{spec.max_batch}): "
-                   f"{engine_path}")
+            stage(f"ONNX -> TensorRT FP16 (profile {spec.min_batch}/{spec.opt_batch}/{spec.max_batch}): {engine_path}")
             started = time.perf_counter()
             build_engine(onnx_path, engine_path, spec=spec, timing_cache=config.timing_cache)
             report["seconds"]["tensorrt_build"] = round(time.perf_counter() - started, 2)

@@ -33,9 +33,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
-    example = tuple(
-        torch.zeros(spec.batched_shape(min(2, max_batch)), dtype=torch.float32) for spec in contract.INPUTS
-    )
+    example = tuple(torch.zeros(spec.batched_shape(min(2, max_batch)), dtype=torch.float32) for spec in contract.INPUTS)
     # max_batch=1 still gets a symbolic axis: clients may send fewer frames than any fixed size.
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     argument_names = ("mel", "face")  # Wav2Lip.forward's parameter names

@@ -56,7 +56,7 @@ def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     *,
-    spec: EngineSpec = EngineSpec(),  # noqa: B008 - frozen
+    spec: EngineSpec = EngineSpec(),
     timing_cache: str | Path | None = None,
 ) -> Path:
     """Parse the ONNX file, build a serialized engine with one batch profile, and write it (and the timing cache)."""
@@ -106,8 +106,14 @@ def build_engine(
     if timing_cache is not None:
         Path(timing_cache).parent.mkdir(parents=True, exist_ok=True)
         Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
-    log.info("built %s (TensorRT %s, batch %d/%d/%d)", engine_path, trt.__version__, spec.min_batch, spec.opt_batch,
-             spec.max_batch)
+    log.info(
+        "built %s (TensorRT %s, batch %d/%d/%d)",
+        engine_path,
+        trt.__version__,
+        spec.min_batch,
+        spec.opt_batch,
+        spec.max_batch,
+    )
     return engine_path
 
 

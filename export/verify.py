@@ -85,7 +85,7 @@ def random_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def _speech_mel() -> np.ndarray:
-    from client.audio import load_audio, melspectrogram, mel_windows
+    from client.audio import load_audio, mel_windows, melspectrogram
 
     espeak = shutil.which("espeak-ng")
     if espeak is None:

@@ -124,6 +124,6 @@ class AvSynchronizer:
         self._audio_pos += AUDIO_FRAME
         await self.clock.sleep_until(self.clock.wall(pos + self.delay))
         samples, complete = self._timeline.read(pos, AUDIO_FRAME)
-        if not complete and pos >= 0:
+        if not complete and pos >= 0 and self._timeline.position > 0:  # before any speech: not a gap
             self._observer.audio_underrun(self._session)
         return samples, pos

@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from streaming.frames import CLOCK_RATE
 from streaming.ice import rtc_configuration
+from streaming.speech_source import RECEIVE_AUDIO_HOLD
 
 logger = logging.getLogger(__name__)
 
@@ -271,17 +272,24 @@ def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
     corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)[: len(got)]
     lag = int(np.argmax(corr))
     frame_s = 960 / 48_000
+    # This client's own aiortc receiver holds audio ~80 ms and video one frame interval before
+    # handing them over; a browser undoes that with RTCP lip sync, so the arrival times are
+    # corrected by the same amounts here (see streaming.speech_source.RECEIVE_AUDIO_HOLD).
+    audio_hold = RECEIVE_AUDIO_HOLD / CLOCK_RATE
+    video_hold = 1.0 / client.video_track.fps
     offsets = []
+    seen = set()
     for arrived, index, _ in client.received.video:
-        if index is None or index not in client.video_track.sent:
+        if index is None or index not in client.video_track.sent or index in seen:
             continue
+        seen.add(index)
         tau = client.video_track.sent[index] - client.speech_track.started  # speech time captured with frame
         sample = int(tau * CLOCK_RATE) + lag
         if not 0 <= sample < len(arrival):
             continue
         # A returned audio frame arrives once complete: its first sample was due frame_s earlier.
-        audio_arrival = arrival[sample] - frame_s + (sample % (CLOCK_RATE // 50)) / CLOCK_RATE
-        video_delay = arrived - client.video_track.sent[index]
+        audio_arrival = arrival[sample] - audio_hold - frame_s + (sample % (CLOCK_RATE // 50)) / CLOCK_RATE
+        video_delay = arrived - video_hold - client.video_track.sent[index]
         audio_delay = audio_arrival - (client.speech_track.started + tau)
         offsets.append(video_delay - audio_delay)
     return np.asarray(offsets)

@@ -261,8 +261,12 @@ class Session:
         await self._track.warmed.wait()
 
     # -- inputs
-    def submit_video(self, image: np.ndarray, arrived: float | None = None) -> bool:
-        """Stamp a BGR picture on the clock and queue it for tracking; False if it was refused."""
+    def submit_video(self, image: np.ndarray, arrived: float | None = None, hold: float = 0.0) -> bool:
+        """Stamp a BGR picture on the clock and queue it for tracking; False if it was refused.
+
+        hold: seconds the picture spent in the receiver before it was handed over (the stamp is
+        moved back by that much, so it names the time it was sent).
+        """
         h, w = image.shape[:2]
         if (
             image.ndim != 3
@@ -273,7 +277,8 @@ class Session:
             self.observer.dropped(self.id, "bad_size")
             return False
         self._last_input = time.monotonic()
-        frame = VideoFrame(self.clock.now(), image, self._frames_in, arrived or time.monotonic())
+        pts = max(self.clock.now() - int(hold * CLOCK_RATE), 0)
+        frame = VideoFrame(pts, image, self._frames_in, arrived or time.monotonic())
         self._frames_in += 1
         self._track.push(frame)
         return True
@@ -283,24 +288,31 @@ class Session:
 
         async def run() -> None:
             loop = asyncio.get_running_loop()
+            previous = None
+            interval = 1.0 / self.config.fps
             while True:
                 frame = await track.recv()
                 arrived = time.monotonic()
+                # aiortc releases a video frame when the next one's first packet arrives: the frame
+                # was sent about one frame interval earlier (tracked here, bounded to 100 ms).
+                if previous is not None:
+                    interval += 0.1 * (min(max(arrived - previous, 0.0), 0.1) - interval)
+                previous = arrived
                 if frame.width > self.config.max_frame_width or frame.height > self.config.max_frame_height:
                     self.observer.dropped(self.id, "bad_size")
                     continue
                 image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
-                self.submit_video(image, arrived)
+                self.submit_video(image, arrived, hold=interval)
 
-        self._spawn(self._until_track_ends(run()), "video-in")
+        self._spawn(self._until_track_ends(run), "video-in")
 
     def read_audio_track(self, track) -> None:
         """Use the peer's microphone as the speech source (ignored in push mode, but drained)."""
         if self.options.speech == "push":
-            self._spawn(self._until_track_ends(self._drain(track)), "audio-drain")
+            self._spawn(self._until_track_ends(lambda: self._drain(track)), "audio-drain")
             return
         reader = MicrophoneReader(track, self.timeline, self.clock.now)
-        self._spawn(self._until_track_ends(reader.run(on_chunk=self._touch)), "audio-in")
+        self._spawn(self._until_track_ends(lambda: reader.run(on_chunk=self._touch)), "audio-in")
 
     def _touch(self) -> None:
         self._last_input = time.monotonic()
@@ -310,11 +322,11 @@ class Session:
             await track.recv()
             self._touch()
 
-    async def _until_track_ends(self, coro) -> None:
+    async def _until_track_ends(self, run: Callable[[], Awaitable[None]]) -> None:
         from aiortc.mediastreams import MediaStreamError
 
         with contextlib.suppress(MediaStreamError):
-            await coro
+            await run()
 
     def run_presenter(self, source) -> None:
         """Drive the video from a presenter face source at the configured frame rate."""

@@ -23,6 +23,11 @@ from streaming.vad import VoiceActivity
 logger = logging.getLogger(__name__)
 
 SAMPLES_PER_COLUMN = CLOCK_RATE // contract.MEL_FRAMES_PER_SECOND  # 200: one mel column per 12.5 ms
+# aiortc's receiver holds each audio frame until 4 more packets have arrived (JitterBuffer
+# prefetch=4, 20 ms packets), so a received audio frame was sent about 80 ms before recv()
+# returns it. A video frame is held only until the next one starts (session.py), so without
+# this correction speech would land ~40 ms late against the picture it was captured with.
+RECEIVE_AUDIO_HOLD = 4 * CLOCK_RATE // 50
 
 
 class SpeechTimeline:
@@ -137,8 +142,9 @@ class MicrophoneReader:
             if not len(samples):
                 continue
             pts = self._timeline.position
-            if self._now() - pts > self._max_lag:
-                pts = self._now() - len(samples)
+            sent = self._now() - RECEIVE_AUDIO_HOLD - len(samples)  # where this chunk starts, by arrival
+            if sent - pts > self._max_lag:  # first audio, or the track stalled: re-anchor to arrival
+                pts = sent
             await self._timeline.append(AudioChunk(pts, np.asarray(samples, np.float32)))
 
 

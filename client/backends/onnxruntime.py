@@ -29,9 +29,7 @@ class OnnxRuntimeBackend(LipSyncBackend):
 
         path = Path(model_path)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"ONNX model not found: {path}. Create it with `lipsync-export` (see README.md)."
-            )
+            raise FileNotFoundError(f"ONNX model not found: {path}. Create it with `lipsync-export` (see README.md).")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Intra-op threads default to the cores this process may use: the offline command owns the machine.

@@ -92,7 +92,7 @@ class TritonBackend(LipSyncBackend):
         if stale is not None:
             try:
                 stale.close()
-            except Exception:  # noqa: BLE001 - a dead channel may fail to close; it is dropped either way
+            except Exception:  # a dead channel may fail to close; it is dropped either way
                 log.debug("closing a stale Triton channel failed", exc_info=True)
 
     def _translate(self, exc: InferenceServerException, client: object) -> BackendError:
@@ -190,7 +190,9 @@ class TritonBackend(LipSyncBackend):
             raise BackendError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
         return np.concatenate(outputs, axis=0)
 
-    async def _infer_one(self, client: aioclient.InferenceServerClient, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+    async def _infer_one(
+        self, client: aioclient.InferenceServerClient, mel: np.ndarray, face: np.ndarray
+    ) -> np.ndarray:
         try:
             result = await client.infer(
                 self.model,
@@ -227,7 +229,9 @@ class TritonBackend(LipSyncBackend):
         if mel.shape != contract.MEL_INPUT.shape:
             raise ValueError(f"{contract.MEL_INPUT.name} must have shape {contract.MEL_INPUT.shape}, got {mel.shape}")
         if face.shape != contract.FACE_INPUT.shape:
-            raise ValueError(f"{contract.FACE_INPUT.name} must have shape {contract.FACE_INPUT.shape}, got {face.shape}")
+            raise ValueError(
+                f"{contract.FACE_INPUT.name} must have shape {contract.FACE_INPUT.shape}, got {face.shape}"
+            )
         mel = np.ascontiguousarray(mel[None], dtype=np.float32)
         face = np.ascontiguousarray(face[None], dtype=np.float32)
         return (await self._infer_one(self._aio_client(), mel, face))[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from fractions import Fraction
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.synthetic_media import make_moving_face_clip
+from client.video_io import Mp4Writer
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,10 @@ def write_audio(path: Path, samples: np.ndarray, rate: int = 44_100, codec: str 
             container.mux(packet)
 
 
+def luma(frame: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.int16)
+
+
 def decode_frames(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
@@ -66,7 +72,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
 
     torch.manual_seed(0)
-    config = Wav2LipConfig(width=0.125)
+    config = Wav2LipConfig(width=0.25)
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     save_checkpoint(path, model=Wav2Lip(config), config=config, step=0)
     return path
@@ -108,11 +114,16 @@ def test_video_dubbing_changes_the_mouth_and_nothing_else(inputs: dict, tiny_che
     assert abs(len(out_frames) - SECONDS * FPS) <= 2
     assert abs(audio_seconds - len(out_frames) / FPS) < 0.06
 
-    in_frames = decode_frames(inputs["video"])
+    # The reference is the input pushed through the same encoder untouched, so codec noise cancels out.
+    reference = tmp_path / "passthrough.mp4"
+    with Mp4Writer(reference, width=SIZE[0], height=SIZE[1], fps=FPS, with_audio=False) as writer:
+        for frame in decode_frames(inputs["video"]):
+            writer.write_video(frame)
+    in_frames = decode_frames(reference)
     mouth_changes, outside_changes = [], []
     for i, (got, box) in enumerate(zip(out_frames, inputs["clip"].boxes, strict=False)):
-        want = in_frames[i % len(in_frames)].astype(np.int16)
-        diff = np.abs(got.astype(np.int16) - want).max(axis=2)
+        # Luma only: chroma is subsampled 4:2:0, so a changed mouth bleeds into neighbouring chroma samples.
+        diff = np.abs(luma(got) - luma(in_frames[i % len(in_frames)]))
         x1, y1, x2, y2 = box.as_int()
         mouth = diff[y1 + (y2 - y1) * 6 // 10 : y2, x1 + (x2 - x1) // 4 : x2 - (x2 - x1) // 4]
         outside = np.ones_like(diff, dtype=bool)
@@ -120,11 +131,12 @@ def test_video_dubbing_changes_the_mouth_and_nothing_else(inputs: dict, tiny_che
         pad_x, pad_y = (x2 - x1) // 2, (y2 - y1) // 2
         outside[max(0, y1 - pad_y) : y2 + pad_y, max(0, x1 - pad_x) : x2 + pad_x] = False
         mouth_changes.append(float(mouth.mean()))
-        outside_changes.append(float(np.percentile(diff[outside], 99)))
+        outside_changes.append(float(diff[outside].mean()))
     # A random network draws something far from the real mouth: a large change inside the mouth box.
     assert np.median(mouth_changes) > 12, mouth_changes
-    # Outside the face, only the codec's rounding: the 99th percentile stays within a few levels.
-    assert max(outside_changes) <= 8, outside_changes
+    # Outside the face, only what the encoder decides differently near the changed blocks: well under a level.
+    assert max(outside_changes) < 0.5, outside_changes
+    assert np.median(mouth_changes) > 8 * max(outside_changes)
 
 
 def test_still_image_loops_for_the_audio_duration(tiny_checkpoint: Path, inputs: dict, tmp_path: Path) -> None:
@@ -155,10 +167,16 @@ def test_frames_without_a_face_pass_through(tiny_checkpoint: Path, inputs: dict,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     got = decode_frames(out)
-    want = decode_frames(video)
+    decoded = decode_frames(video)
     assert len(got) >= 45  # the 10-frame clip loops for the whole audio
-    for i, frame in enumerate(got):
-        assert np.abs(frame.astype(int) - want[i % len(want)].astype(int)).mean() < 1.5
+    reference = tmp_path / "passthrough.mp4"
+    with Mp4Writer(reference, width=SIZE[0], height=SIZE[1], fps=FPS, with_audio=False) as writer:
+        for i in range(len(got)):
+            writer.write_video(decoded[i % len(decoded)])
+    for frame, want in zip(got, decode_frames(reference), strict=True):
+        assert np.array_equal(frame, want)
+    report = json.loads(out.with_suffix(".json").read_text())["report"]
+    assert report["frames_without_face"] == len(got) and report["frames_with_face"] == 0
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from client import contract
 from client.backends.onnxruntime import OnnxRuntimeBackend
 from export import model_repository, verify
 from export.cli import ExportConfig, main, parse_config
-from export.onnx_export import check_onnx_io, convert_fp16, export_onnx
+from export.onnx_export import check_onnx_io, convert_fp16
 from export.tensorrt_build import tensorrt_unavailable
 
 torch = pytest.importorskip("torch")
@@ -24,14 +24,22 @@ WIDTH = 0.25
 
 
 @pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """One CLI run (random weights, seed 0) shared by the tests: exporting costs seconds."""
+    repo = tmp_path_factory.mktemp("repository")
+    args = ["--random-weights", "--width", str(WIDTH), "--output-dir", str(repo), "--verify-samples", "2"]
+    return repo, main(args)
+
+
+@pytest.fixture(scope="module")
 def model() -> Wav2Lip:
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the weights the CLI exported
     return Wav2Lip(Wav2LipConfig(width=WIDTH)).eval()
 
 
 @pytest.fixture(scope="module")
-def onnx_fp32(model: Wav2Lip, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx", max_batch=8)
+def onnx_fp32(exported: tuple[Path, int]) -> Path:
+    return exported[0] / contract.ONNX_MODEL / "1" / "model.onnx"
 
 
 def torch_run(model: Wav2Lip, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -106,15 +114,8 @@ def test_verify_raises_with_the_measured_error() -> None:
 # ---------------------------------------------------------------------------------------------- the CLI
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
-    repo = tmp_path_factory.mktemp("repository")
-    args = ["--random-weights", "--width", str(WIDTH), "--output-dir", str(repo), "--verify-samples", "2"]
-    return repo, main(args), ""
-
-
-def test_cli_writes_a_complete_repository(exported: tuple[Path, int, str], capsys: pytest.CaptureFixture) -> None:
-    repo, code, _ = exported
+def test_cli_writes_a_complete_repository(exported: tuple[Path, int]) -> None:
+    repo, code = exported
     assert code == 0
     for model in contract.SERVED_MODELS:
         assert (repo / model / "config.pbtxt").read_text() == model_repository.render_config(model)

@@ -120,7 +120,7 @@ def preprocess_video(
         return ClipReport(name, 0, 0, 0.0, skipped=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = faces = 0
-    with FaceTracker(config=TrackerConfig(detect_every=1, smoothing=smoothing, fps=FPS)) as tracker:
+    with FaceTracker(config=TrackerConfig(detect_every=1, max_missed=0, smoothing=smoothing, fps=FPS)) as tracker:
         for k, image in frames_at_fps(video):
             frames += 1
             box = tracker.update(image, timestamp_s=k / FPS)

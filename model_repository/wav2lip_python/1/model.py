@@ -79,6 +79,8 @@ class TritonPythonModel:
                 mel = pb_utils.get_input_tensor_by_name(request, contract.MEL_INPUT.name).as_numpy()
                 face = pb_utils.get_input_tensor_by_name(request, contract.FACE_INPUT.name).as_numpy()
                 contract.check_batch(mel, face)
+                if not (np.isfinite(mel).all() and np.isfinite(face).all()):
+                    raise ValueError("inputs contain NaN or infinity")
             except Exception as exc:  # a malformed request fails alone, never the whole batch
                 responses[i] = _error(f"bad request: {exc}", pb_utils.TritonError.INVALID_ARG)
                 continue

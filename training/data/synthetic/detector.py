@@ -1,129 +1,73 @@
-"""Face boxes for the crops, found the way the real pipeline finds them.
+"""Face boxes and crops, made the way the preprocessing of real video makes them.
 
-The preprocessing of real video crops the box of a face detector (BlazeFace through
-`client.face_tracking`), so the corpus crops its rendered frames with the same detector when it can:
-`client.face_tracking.MediaPipeFaceDetector` when that module exists, else mediapipe's BlazeFace
-directly (the same short-range model), else none. A frame the detector misses falls back to the
-renderer's own box, calibrated to BlazeFace's convention (`to_detector_convention`).
+`training.data.preprocess` runs the project's face tracker (client.face_tracking: BlazeFace on every
+frame, One-Euro smoothing) and crops the box padded by client.face_crop's DEFAULT_PADS. The corpus
+does the same on its rendered frames, so the crops the model trains on are framed like real ones.
+Where the tracker finds no face, the renderer's own box stands in, calibrated to BlazeFace's
+convention (`to_detector_convention`); `mode="render"` uses the renderer's boxes only (no mediapipe).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Protocol
-
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
+from client import contract
+from client.face_crop import DEFAULT_PADS, crop_face, pad_box
+from client.face_tracking import FaceBox, FaceTracker, TrackerConfig
 
-Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
 
-# How BlazeFace's box sits relative to the renderer's landmark box (brow-0.28a .. chin, cheek to
-# cheek), as fractions of that box's width/height; measured on 600 rendered frames
-# (see tests/unit/test_synthetic_corpus.py::test_detector_finds_rendered_faces).
-_CALIBRATION = (-0.05, 0.0, 0.05, 0.045)
+# training.data.preprocess.preprocess_video's tracker: detect on every frame, no hold-over, its
+# default smoothing.
+TRACKER_SMOOTHING = 0.8
+
+# Where BlazeFace's box sits relative to the renderer's landmark box (brow - 0.28 head widths ..
+# chin, cheek to cheek), as fractions of that box's width and height (x1, y1, x2, y2): the mean
+# over 600 rendered frames, measured with `python -m training.data.synthetic.calibrate`.
+CALIBRATION = (-0.05, 0.0, 0.05, 0.045)
 
 
-def to_detector_convention(box: Box) -> Box:
+def to_detector_convention(box: Box) -> FaceBox:
     x1, y1, x2, y2 = box
     w, h = x2 - x1, y2 - y1
-    c = _CALIBRATION
-    return (x1 + c[0] * w, y1 + c[1] * h, x2 + c[2] * w, y2 + c[3] * h)
+    c = CALIBRATION
+    return FaceBox(x1 + c[0] * w, y1 + c[1] * h, x2 + c[2] * w, y2 + c[3] * h)
 
 
-class FaceDetector(Protocol):
-    name: str
+class ClipBoxes:
+    """Face boxes for the frames of one clip, in order: the tracker's, or the renderer's where it has none."""
 
-    def detect(self, frame_bgr: np.ndarray) -> Box | None: ...
+    def __init__(self, mode: str = "detector", fps: float = 25.0) -> None:
+        if mode not in ("detector", "render"):
+            raise ValueError(f"box mode must be 'detector' or 'render', got {mode!r}")
+        self.source = "client.face_tracking" if mode == "detector" else "render"
+        self.tracker = None
+        if mode == "detector":
+            self.tracker = FaceTracker(config=TrackerConfig(detect_every=1, max_missed=0, smoothing=TRACKER_SMOOTHING, fps=fps))
 
+    def start_clip(self) -> None:
+        if self.tracker is not None:
+            self.tracker.reset()
 
-def _as_xyxy(found: object, width: int, height: int) -> Box:
-    """Read a box from whatever client.face_tracking returns (attributes or a 4-sequence)."""
-    for names in (("x1", "y1", "x2", "y2"), ("left", "top", "right", "bottom"), ("xmin", "ymin", "xmax", "ymax")):
-        if all(hasattr(found, n) for n in names):
-            vals = [float(getattr(found, n)) for n in names]
-            break
-    else:
-        for names in (("x", "y", "w", "h"), ("x", "y", "width", "height")):
-            if all(hasattr(found, n) for n in names):
-                x, y, w, h = (float(getattr(found, n)) for n in names)
-                vals = [x, y, x + w, y + h]
-                break
-        else:
-            vals = [float(v) for v in found]  # type: ignore[union-attr]
-    if max(abs(v) for v in vals) <= 1.5:  # relative coordinates
-        vals = [vals[0] * width, vals[1] * height, vals[2] * width, vals[3] * height]
-    return (vals[0], vals[1], vals[2], vals[3])
+    def box(self, frame: np.ndarray, rendered: Box, timestamp_s: float) -> tuple[FaceBox, bool]:
+        """(box, detected) for one frame; `rendered` is the renderer's own box for it."""
+        if self.tracker is not None:
+            found = self.tracker.update(frame, timestamp_s=timestamp_s)
+            if found is not None:
+                return found, True
+        return to_detector_convention(rendered), False
 
-
-class ClientDetector:
-    """The project's own tracker-side detector (client.face_tracking)."""
-
-    name = "client.face_tracking"
-
-    def __init__(self) -> None:
-        from client.face_tracking import MediaPipeFaceDetector
-
-        self._det = MediaPipeFaceDetector()
-
-    def detect(self, frame_bgr: np.ndarray) -> Box | None:
-        found = self._det.detect(frame_bgr)
-        if found is None:
-            return None
-        return _as_xyxy(found, frame_bgr.shape[1], frame_bgr.shape[0])
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
 
 
-class BlazeFaceDetector:
-    """mediapipe's short-range BlazeFace, bundled with mediapipe 0.10 (runs offline)."""
-
-    name = "mediapipe.blazeface"
-
-    def __init__(self, min_confidence: float = 0.5, model_selection: int = 0) -> None:
-        import mediapipe as mp
-
-        self._det = mp.solutions.face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=min_confidence)
-
-    def detect(self, frame_bgr: np.ndarray) -> Box | None:
-        res = self._det.process(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
-        if not res.detections:
-            return None
-        best = max(res.detections, key=lambda d: d.score[0])
-        bb = best.location_data.relative_bounding_box
-        h, w = frame_bgr.shape[:2]
-        return (bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h)
-
-
-def make_detector(mode: str) -> FaceDetector | None:
-    """'auto': the best detector available, 'client' / 'mediapipe': that one, 'render': none."""
-    if mode == "render":
-        return None
-    if mode in ("auto", "client"):
-        try:
-            return ClientDetector()
-        except ImportError as exc:
-            if mode == "client":
-                raise RuntimeError(f"client.face_tracking is not available: {exc}") from exc
-    if mode in ("auto", "mediapipe"):
-        try:
-            return BlazeFaceDetector()
-        except ImportError as exc:
-            if mode == "mediapipe":
-                raise RuntimeError(f"mediapipe is not installed: {exc}") from exc
-            log.warning("no face detector available (%s); cropping with the renderer's own boxes", exc)
-            return None
-    if mode not in ("auto", "client", "mediapipe"):
-        raise ValueError(f"unknown box mode {mode!r}; choose auto, client, mediapipe or render")
-    return None
-
-
-def crop_face(frame: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The box's pixels (clamped to the frame) resized to size x size, as the preprocessing does."""
-    h, w = frame.shape[:2]
-    x1, y1 = int(round(max(box[0], 0))), int(round(max(box[1], 0)))
-    x2, y2 = int(round(min(box[2], w))), int(round(min(box[3], h)))
-    if x2 - x1 < 2 or y2 - y1 < 2:
-        raise ValueError(f"face box {box} is empty inside a {w}x{h} frame")
-    crop = frame[y1:y2, x1:x2]
-    interp = cv2.INTER_AREA if (x2 - x1) > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
+def face_crop(frame: np.ndarray, box: FaceBox, size: int = contract.FACE_SIZE) -> np.ndarray:
+    """The padded box's pixels at size x size, exactly as the preprocessing crops (for size 96)."""
+    region = pad_box(box, frame.shape, DEFAULT_PADS)
+    if size == contract.FACE_SIZE:
+        return crop_face(frame, region)
+    face = frame[region.y1 : region.y2, region.x1 : region.x2]
+    shrinking = region.width >= size and region.height >= size
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

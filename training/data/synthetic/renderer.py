@@ -163,11 +163,29 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 
 
 def _poly_mask(shape: tuple[int, int], pts: np.ndarray, blur: float = 0.0) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.fillPoly(m, [np.round(np.asarray(pts) * _SUBF).astype(np.int32)], 255, cv2.LINE_AA, _SUB)
-    out = m.astype(np.float32) / 255.0
+    """A float mask in [0, 1] of a filled polygon, anti-aliased, optionally softened by a Gaussian."""
+    return _shape_mask(shape, pts, blur, lambda m, p: cv2.fillPoly(m, [p], 255, cv2.LINE_AA, _SUB))
+
+
+def _stroke_mask(shape: tuple[int, int], pts: np.ndarray, thickness: int, blur: float, closed: bool = False) -> np.ndarray:
+    """A float mask of a polyline of the given thickness."""
+    return _shape_mask(shape, pts, blur, lambda m, p: cv2.polylines(m, [p], closed, 255, thickness, cv2.LINE_AA, _SUB), pad=thickness)
+
+
+def _shape_mask(shape: tuple[int, int], pts: np.ndarray, blur: float, draw, pad: int = 0) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    pts = np.asarray(pts, np.float64)
+    margin = int(3 * blur + pad + 3)
+    x0, y0 = max(int(pts[:, 0].min()) - margin, 0), max(int(pts[:, 1].min()) - margin, 0)
+    x1, y1 = min(int(pts[:, 0].max()) + margin + 1, shape[1]), min(int(pts[:, 1].max()) + margin + 1, shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return out
+    m = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    draw(m, np.round((pts - (x0, y0)) * _SUBF).astype(np.int32))
+    sub = m.astype(np.float32) * (1.0 / 255.0)
     if blur > 0:
-        out = cv2.GaussianBlur(out, (0, 0), blur)
+        sub = cv2.GaussianBlur(sub, (0, 0), blur)
+    out[y0:y1, x0:x1] = sub
     return out
 
 
@@ -308,12 +326,17 @@ class Face:
     # ---- geometry and light
 
     def _rho(self, grow: float = 0.0) -> np.ndarray:
+        if grow == 0.0 and getattr(self, "_rho0", None) is not None:
+            return self._rho0
         lay = self.lay
         dx = np.abs(self._xx - lay.cx) / (lay.a + grow)
         up = self._yy < lay.cy
         dy = np.abs(self._yy - lay.cy) / np.where(up, lay.b_top + grow, lay.b_bot + grow)
         n = np.where(up, lay.n_top, lay.n_bot)
-        return (dx**n + dy**n) ** (2.0 / n)
+        rho = (dx**n + dy**n) ** (2.0 / n)
+        if grow == 0.0:
+            self._rho0 = rho
+        return rho
 
     def _height_map(self) -> np.ndarray:
         lay, x, y = self.lay, self._xx, self._yy
@@ -461,10 +484,11 @@ class Face:
 
         # three eye states (open, half, closed), drawn on copies of the static face
         self.canvases: list[np.ndarray] = []
+        glasses = self._glasses()
         for lid in (0.0, 0.55, 1.0):
             im = img.copy()
             self._draw_eyes(im, lid)
-            self._draw_glasses(im)
+            self._draw_glasses(im, glasses)
             bgra = np.dstack([np.clip(im, 0, 255), np.clip(alpha, 0, 1) * 255.0]).astype(np.uint8)
             self.canvases.append(bgra)
         self.mustache = self._mustache_patch(hair, hair_tex)
@@ -549,14 +573,9 @@ class Face:
             nostril = _ellipse_pts(c[0], c[1], 0.32 * lay.nose_w + 1.0, 2.0, sgn * 0.35)
             _blend(img, _poly_mask(img.shape[:2], nostril, 0.9) * 0.85, skin * 0.28 * self.shade[int(c[1]), int(c[0])])
             # the crease around the nose wing
-            wing = _curve(0, 1, lambda t: t, 12)
             th = np.linspace(-0.3, 2.0, 12)
-            wx = lay.cx + sgn * (0.72 * lay.nose_w + 4.5 * np.cos(th))
-            wy = lay.nose_base_y - 5 + 5.5 * np.sin(th)
-            wing = np.stack([wx, wy], 1)
-            m = np.zeros(img.shape[:2], np.uint8)
-            cv2.polylines(m, [np.round(wing * _SUBF).astype(np.int32)], False, 255, 1, cv2.LINE_AA, _SUB)
-            _blend(img, cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.8) * 0.45, skin * 0.45 * self.shade[int(lay.nose_base_y), int(lay.cx)])
+            wing = np.stack([lay.cx + sgn * (0.72 * lay.nose_w + 4.5 * np.cos(th)), lay.nose_base_y - 5 + 5.5 * np.sin(th)], 1)
+            _blend(img, _stroke_mask(img.shape[:2], wing, 1, 0.8) * 0.45, skin * 0.45 * self.shade[int(lay.nose_base_y), int(lay.cx)])
 
     def _draw_brows(self, img: np.ndarray) -> None:
         lay, idt = self.lay, self.idt
@@ -593,88 +612,89 @@ class Face:
     def _draw_eyes(self, img: np.ndarray, lid: float) -> None:
         lay, idt = self.lay, self.idt
         skin = np.asarray(idt.skin, np.float32)
-        shape = img.shape[:2]
         for sgn in (-1, 1):
-            up, low = self._eye_outline(sgn, lid)
             ex = lay.cx + sgn * lay.eye_dx
+            # work in a window around the eye, in local coordinates
+            x0, x1 = int(ex - 1.6 * lay.eye_w), int(ex + 1.6 * lay.eye_w) + 1
+            y0, y1 = int(lay.eye_y - 3.2 * lay.eye_h - 6), int(lay.eye_y + 2.5 * lay.eye_h + 6)
+            sub = img[y0:y1, x0:x1]
+            shape = sub.shape[:2]
+            xx, yy = self._xx[y0:y1, x0:x1] - x0, self._yy[y0:y1, x0:x1] - y0
+            off = np.array([x0, y0], np.float64)
+            up, low = (c - off for c in self._eye_outline(sgn, lid))
+            lex, ley = ex - x0, lay.eye_y - y0
             s_eye = float(self.shade[int(lay.eye_y), int(ex)])
-            # upper-lid crease and the lid skin
-            crease = up.copy()
-            _, up_open = self._eye_outline(sgn, 0.0)[0], None
-            crease = self._eye_outline(sgn, 0.0)[0].copy()
+            crease = self._eye_outline(sgn, 0.0)[0] - off
             crease[:, 1] -= 0.9 * lay.eye_h + 1.5
-            m = np.zeros(shape, np.uint8)
-            cv2.polylines(m, [np.round(crease[3:-2] * _SUBF).astype(np.int32)], False, 255, 1, cv2.LINE_AA, _SUB)
-            _blend(img, cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.9) * 0.35, skin * 0.45 * s_eye)
-            if lid >= 0.99:
-                m = np.zeros(shape, np.uint8)
-                cv2.polylines(m, [np.round(low * _SUBF).astype(np.int32)], False, 255, 2, cv2.LINE_AA, _SUB)
-                _blend(img, cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.6) * 0.8, np.array([30, 28, 32], np.float32))
+            _blend(sub, _stroke_mask(shape, crease[3:-2], 1, 0.9) * 0.35, skin * 0.45 * s_eye)
+            if lid >= 0.99:  # closed: just the lash line
+                _blend(sub, _stroke_mask(shape, low, 2, 0.6) * 0.8, np.array([30, 28, 32], np.float32))
                 continue
-            almond = np.concatenate([up, low[::-1]])
-            eye_m = _poly_mask(shape, almond, 0.5)
+            eye_m = _poly_mask(shape, np.concatenate([up, low[::-1]]), 0.5)
             sclera = np.array([205, 212, 220], np.float32) * min(1.0, 0.55 + 0.5 * s_eye)
-            # sclera darker towards the corners and under the upper lid
-            corner = np.clip(np.abs(self._xx - ex) / lay.eye_w, 0, 1) ** 2
-            top_shadow = np.clip(1 - (self._yy - (lay.eye_y - lay.eye_h)) / (1.6 * lay.eye_h), 0, 1)
-            scl_img = sclera[None, None, :] * (1 - 0.3 * corner - 0.35 * top_shadow)[..., None]
-            _blend(img, eye_m, scl_img)
+            # the white is darker towards the corners and under the upper lid
+            corner = np.clip(np.abs(xx - lex) / lay.eye_w, 0, 1) ** 2
+            top_shadow = np.clip(1 - (yy - (ley - lay.eye_h)) / (1.6 * lay.eye_h), 0, 1)
+            _blend(sub, eye_m, sclera[None, None, :] * (1 - 0.3 * corner - 0.35 * top_shadow)[..., None])
             # iris and pupil, clipped to the opening
             gx, gy = self.scene.gaze
-            ix, iy = ex + gx * lay.eye_w * 0.45, lay.eye_y + 0.5 + gy * lay.eye_h
+            ix, iy = lex + gx * lay.eye_w * 0.45, ley + 0.5 + gy * lay.eye_h
             ir = 0.44 * lay.eye_w
-            d = np.sqrt((self._xx - ix) ** 2 + (self._yy - iy) ** 2)
-            iris_m = np.clip(ir + 0.5 - d, 0, 1) * eye_m
+            d = np.sqrt((xx - ix) ** 2 + (yy - iy) ** 2)
             iris_col = np.asarray(idt.iris, np.float32) * min(1.0, 0.6 + 0.4 * s_eye)
             ring = np.clip((d - 0.65 * ir) / (0.35 * ir), 0, 1)
-            iris_img = iris_col[None, None, :] * (1.0 - 0.55 * ring)[..., None]
-            _blend(img, iris_m, iris_img)
-            pupil_m = np.clip(0.42 * ir + 0.5 - d, 0, 1) * eye_m
-            _blend(img, pupil_m, np.array([12, 10, 10], np.float32))
+            _blend(sub, np.clip(ir + 0.5 - d, 0, 1) * eye_m, iris_col[None, None, :] * (1.0 - 0.55 * ring)[..., None])
+            _blend(sub, np.clip(0.42 * ir + 0.5 - d, 0, 1) * eye_m, np.array([12, 10, 10], np.float32))
             lx, ly = self.scene.light[0], self.scene.light[1]
-            hl_m = np.clip(1.2 - np.sqrt((self._xx - ix - 0.35 * ir * (lx - 0.3)) ** 2 + (self._yy - iy + 0.35 * ir * (0.6 - ly)) ** 2), 0, 1) * eye_m
-            _blend(img, hl_m * 0.85, np.array([245, 245, 245], np.float32))
+            glint = np.clip(1.2 - np.sqrt((xx - ix - 0.35 * ir * (lx - 0.3)) ** 2 + (yy - iy + 0.35 * ir * (0.6 - ly)) ** 2), 0, 1)
+            _blend(sub, glint * eye_m * 0.85, np.array([245, 245, 245], np.float32))
             # lashes on the upper lid, a fine lower lid line
-            m = np.zeros(shape, np.uint8)
-            cv2.polylines(m, [np.round(up * _SUBF).astype(np.int32)], False, 255, 2, cv2.LINE_AA, _SUB)
-            lash = cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.6)
-            _blend(img, lash * 0.92, np.array([22, 20, 24], np.float32))
-            m = np.zeros(shape, np.uint8)
-            cv2.polylines(m, [np.round(low * _SUBF).astype(np.int32)], False, 255, 1, cv2.LINE_AA, _SUB)
-            _blend(img, cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.7) * 0.45, skin * 0.4 * s_eye)
+            _blend(sub, _stroke_mask(shape, up, 2, 0.6) * 0.92, np.array([22, 20, 24], np.float32))
+            _blend(sub, _stroke_mask(shape, low, 1, 0.7) * 0.45, skin * 0.4 * s_eye)
 
-    def _draw_glasses(self, img: np.ndarray) -> None:
+    def _glasses(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Masks of the frames, the lenses and their glare, computed once and laid over each eye state."""
         lay, kind = self.lay, self.idt.glasses
         if kind == "none":
-            return
-        col = tuple(float(c) for c in self.idt.glasses_colour)
-        m = np.zeros(img.shape[:2], np.uint8)
-        lens = np.zeros(img.shape[:2], np.uint8)
+            return None
+        y0, y1 = int(lay.eye_y - 2.5 * lay.eye_w), int(lay.eye_y + 2.5 * lay.eye_w)
+        shape = (y1 - y0, CANVAS_W)
+        m = np.zeros(shape, np.uint8)
+        lens = np.zeros(shape, np.uint8)
         thick = 2 if kind != "browline" else 3
         rw, rh = 1.45 * lay.eye_w, 1.25 * lay.eye_w if kind in ("round", "aviator") else 0.95 * lay.eye_w
+
+        def fx(pt: tuple[float, float]) -> tuple[int, int]:
+            return int(pt[0] * _SUBF), int((pt[1] - y0) * _SUBF)
+
         for sgn in (-1, 1):
             ex, ey = lay.cx + sgn * lay.eye_dx, lay.eye_y + 2
-            if kind == "rect" or kind == "browline":
+            if kind in ("rect", "browline"):
                 pts = np.array([[ex - rw, ey - rh], [ex + rw, ey - rh], [ex + rw * 0.95, ey + rh], [ex - rw * 0.95, ey + rh]])
             elif kind == "aviator":
                 pts = _ellipse_pts(ex + sgn * 1.5, ey + 2, rw, rh * 0.95, sgn * 0.15)
             else:
                 pts = _ellipse_pts(ex, ey, rw * 0.9, rh * 0.9)
-            p = np.round(pts * _SUBF).astype(np.int32)
+            p = np.round((pts - (0, y0)) * _SUBF).astype(np.int32)
             cv2.polylines(m, [p], True, 255, thick, cv2.LINE_AA, _SUB)
             cv2.fillPoly(lens, [p], 255, cv2.LINE_AA, _SUB)
-            # arm towards the ear
-            a0 = (int((ex + sgn * rw) * _SUBF), int((ey - rh * 0.6) * _SUBF))
-            a1 = (int((lay.cx + sgn * lay.a * 1.0) * _SUBF), int((ey - rh * 0.4) * _SUBF))
-            cv2.line(m, a0, a1, 255, thick, cv2.LINE_AA, _SUB)
-        b0 = (int((lay.cx - lay.eye_dx + rw * 0.9) * _SUBF), int((lay.eye_y - 2) * _SUBF))
-        b1 = (int((lay.cx + lay.eye_dx - rw * 0.9) * _SUBF), int((lay.eye_y - 2) * _SUBF))
-        cv2.line(m, b0, b1, 255, thick, cv2.LINE_AA, _SUB)
-        lens_f = lens.astype(np.float32) / 255
-        glare = np.clip((self._xx - self._yy - (lay.cx - lay.eye_y) + 10) / 30.0, 0, 1) * lens_f
-        img *= (1 - 0.08 * lens_f)[..., None]
+            # an arm towards the ear
+            cv2.line(m, fx((ex + sgn * rw, ey - rh * 0.6)), fx((lay.cx + sgn * lay.a, ey - rh * 0.4)), 255, thick, cv2.LINE_AA, _SUB)
+        bridge_y = lay.eye_y - 2
+        cv2.line(m, fx((lay.cx - lay.eye_dx + rw * 0.9, bridge_y)), fx((lay.cx + lay.eye_dx - rw * 0.9, bridge_y)), 255, thick, cv2.LINE_AA, _SUB)
+        full = np.zeros((3, CANVAS_H, CANVAS_W), np.float32)
+        full[0, y0:y1] = cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.5)
+        full[1, y0:y1] = lens.astype(np.float32) / 255
+        full[2] = np.clip((self._xx - self._yy - (lay.cx - lay.eye_y) + 10) / 30.0, 0, 1) * full[1]
+        return full[0], full[1], full[2]
+
+    def _draw_glasses(self, img: np.ndarray, glasses: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+        if glasses is None:
+            return
+        frame_m, lens_m, glare = glasses
+        _blend(img, lens_m * 0.08, np.zeros(3, np.float32))  # a slight tint
         _blend(img, glare * 0.12, np.array([250, 250, 250], np.float32))
-        _blend(img, cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.5) * 0.95, np.asarray(col, np.float32))
+        _blend(img, frame_m * 0.95, np.asarray(self.idt.glasses_colour, np.float32))
 
     def _beard_region(self, full: bool) -> np.ndarray:
         lay = self.lay
@@ -939,6 +959,8 @@ class Camera:
         vign = 1 - 0.25 * (((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) / 0.5)
         self.light = (light * vign)[..., None] * np.asarray(scene.tint, np.float32)[None, None, :]
         self.lut = np.clip(255.0 * (np.arange(256) / 255.0) ** scene.gamma, 0, 255).astype(np.uint8)
+        # sensor noise: a few fields drawn once, each frame takes one at a random horizontal offset
+        self.noise = scene.noise * self.rng.standard_normal((6, h, w + 48, 3), dtype=np.float32) if scene.noise > 0 else None
         lay = face.lay
         self.pivot = (lay.cx, lay.eye_y + 0.3 * (lay.nose_base_y - lay.eye_y))
         self.radius_x = lay.a * 1.12
@@ -978,12 +1000,42 @@ class Camera:
         fp = self.forward(pose, pts, depth)
         return {n: (float(x), float(y)) for n, (x, y) in zip(names, fp, strict=True)}
 
+    def _maps(self, pose: Pose, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each frame pixel of the region, the canvas point it shows (computed at half resolution)."""
+        step = 2
+        ys, xs = np.mgrid[y0 : y1 + step : step, x0 : x1 + step : step].astype(np.float32) + 0.5
+        c, s = math.cos(pose.roll), math.sin(pose.roll)
+        dx, dy = (xs - pose.x) / pose.scale, (ys - pose.y) / pose.scale
+        p = c * dx + s * dy
+        q = -s * dx + c * dy
+        u = _unturn(p, self.radius_x, pose.yaw)
+        v = _unturn(q, self.radius_y, pose.pitch)
+        # below the head the body does not turn with it
+        body = np.clip((q - (self.face.lay.chin_y + 20 - self.pivot[1])) / 40.0, 0, 1)
+        u += body * (p - u)
+        v += body * (q - v)
+        mx = (u + self.pivot[0]).astype(np.float32)
+        my = (v + self.pivot[1]).astype(np.float32)
+        # nose parallax: what stands out of the face shifts further when the head turns
+        hgt = cv2.remap(self.face.feature_height, mx, my, cv2.INTER_LINEAR, borderValue=0)
+        mx -= hgt * math.sin(pose.yaw)
+        my -= hgt * math.sin(pose.pitch)
+        # the shoulders continue past the bottom and the sides of the canvas
+        below = body > 0.5
+        np.putmask(my, below, np.minimum(my, CANVAS_H - 1.5))
+        np.putmask(mx, below & (my > CANVAS_H - 60), np.clip(mx, 0.5, CANVAS_W - 1.5))
+        # back to full resolution: coarse sample i sits at x0 + 2i + 0.5, which is where cv2.resize
+        # (pixel-centre aligned) puts it, so the upsampled maps land on whole pixels
+        size = (x1 - x0, y1 - y0)
+        full_x = cv2.resize(mx, (mx.shape[1] * step, mx.shape[0] * step), interpolation=cv2.INTER_LINEAR)
+        full_y = cv2.resize(my, (my.shape[1] * step, my.shape[0] * step), interpolation=cv2.INTER_LINEAR)
+        return full_x[: size[1], : size[0]], full_y[: size[1], : size[0]]
+
     def compose(self, canvas: np.ndarray, pose: Pose, camera_effects: bool = True) -> np.ndarray:
         """One BGR uint8 frame: the canvas posed over the background, then the camera's look."""
         sc = self.scene
         fw, fh = sc.frame_w, sc.frame_h
-        # frame region the canvas can land in
-        # frame region the canvas can land in (the shoulders run on to the frame's bottom)
+        # the frame region the canvas can land in (the shoulders run on to the frame's bottom)
         c, s = math.cos(pose.roll), math.sin(pose.roll)
         corners = np.array([[0, 0], [CANVAS_W, 0], [0, CANVAS_H], [CANVAS_W, CANVAS_H]], np.float64) - self.pivot
         fc = np.stack([pose.x + pose.scale * (c * corners[:, 0] - s * corners[:, 1]), pose.y + pose.scale * (s * corners[:, 0] + c * corners[:, 1])], 1)
@@ -992,39 +1044,19 @@ class Camera:
         x1, y1 = min(int(fc[:, 0].max() + margin), fw), fh
         frame = self.background.copy()
         if x1 > x0 and y1 > y0:
-            ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-            c, s = math.cos(pose.roll), math.sin(pose.roll)
-            dx, dy = (xs - pose.x) / pose.scale, (ys - pose.y) / pose.scale
-            p = c * dx + s * dy
-            q = -s * dx + c * dy
-            Rx, Ry = self.radius_x, self.radius_y
-            u = _unturn(p, Rx, pose.yaw)
-            v = _unturn(q, Ry, pose.pitch)
-            # below the head the body does not turn with it
-            body = np.clip((q - (self.face.lay.chin_y + 20 - self.pivot[1])) / 40.0, 0, 1)
-            u = u * (1 - body) + (p - 0.0) * body
-            v = v * (1 - body) + q * body
-            mx = (u + self.pivot[0]).astype(np.float32)
-            my = (v + self.pivot[1]).astype(np.float32)
-            # nose parallax: features that stand out shift further when the head turns
-            hgt = cv2.remap(self.face.feature_height, mx, my, cv2.INTER_LINEAR, borderValue=0)
-            mx -= hgt * math.sin(pose.yaw)
-            my -= hgt * math.sin(pose.pitch)
-            # the shoulders continue past the bottom and the sides of the canvas
-            below = body > 0.5
-            np.putmask(my, below, np.minimum(my, CANVAS_H - 1.5))
-            np.putmask(mx, below & (my > CANVAS_H - 60), np.clip(mx, 0.5, CANVAS_W - 1.5))
+            mx, my = self._maps(pose, x0, y0, x1, y1)
             warped = cv2.remap(canvas, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
-            a = warped[..., 3:4].astype(np.float32) / 255.0
+            a = warped[..., 3:4].astype(np.float32) * (1.0 / 255.0)
             region = frame[y0:y1, x0:x1]
-            frame[y0:y1, x0:x1] = region * (1 - a) + warped[..., :3].astype(np.float32) * a
+            region += a * (warped[..., :3].astype(np.float32) - region)
         frame *= self.light
         if not camera_effects:
             return np.clip(frame, 0, 255).astype(np.uint8)
         if sc.blur > 0:
             frame = cv2.GaussianBlur(frame, (0, 0), sc.blur)
         if sc.noise > 0:
-            frame += self.rng.normal(0, sc.noise, frame.shape).astype(np.float32)
+            k, off = self.rng.integers(len(self.noise)), self.rng.integers(self.noise.shape[2] - fw + 1)
+            frame += self.noise[k, :, off : off + fw]
         out = cv2.LUT(np.clip(frame, 0, 255).astype(np.uint8), self.lut)
         if sc.jpeg_quality < 100:
             ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, sc.jpeg_quality])

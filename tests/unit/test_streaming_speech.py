@@ -1,0 +1,135 @@
+"""Speech on the session clock: VAD decisions, the timeline, pushed speech and its interrupt."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from streaming.frames import CLOCK_RATE, AudioChunk
+from streaming.speech_source import PushSpeech, SpeechRefused, SpeechTimeline
+from streaming.vad import VoiceActivity
+from tests.unit.test_streaming_session import speech_like
+
+pytestmark = pytest.mark.unit
+
+
+def test_vad_tells_speech_from_silence_and_quiet_noise() -> None:
+    vad = VoiceActivity(3, hangover_ms=0)
+    silence = np.zeros(CLOCK_RATE, np.float32)
+    hiss = np.random.default_rng(1).normal(0, 0.001, CLOCK_RATE).astype(np.float32)  # -60 dBFS
+    vad.push(np.concatenate([silence, speech_like(1.0), hiss]))
+    assert vad.decided_until == 3 * CLOCK_RATE
+    assert not vad.speech_in(0, CLOCK_RATE)
+    assert vad.speech_in(int(1.2 * CLOCK_RATE), int(1.8 * CLOCK_RATE))
+    assert not vad.speech_in(int(2.05 * CLOCK_RATE), 3 * CLOCK_RATE)
+    assert vad.speech_in(3 * CLOCK_RATE - 10, 3 * CLOCK_RATE + 10) is None  # not decided yet
+
+
+def test_vad_hangover_keeps_speech_on_briefly() -> None:
+    def last_speech(hangover_ms: int) -> float:
+        vad = VoiceActivity(3, hangover_ms=hangover_ms)
+        vad.push(np.concatenate([speech_like(0.5), np.zeros(CLOCK_RATE // 2, np.float32)]))
+        ends = [t for t in range(0, CLOCK_RATE, 320) if vad.speech_in(t, t + 320)]
+        return ends[-1] / CLOCK_RATE
+
+    assert last_speech(200) - last_speech(0) == pytest.approx(0.2, abs=0.021)
+
+
+def test_vad_rejects_frame_lengths_it_cannot_take() -> None:
+    with pytest.raises(ValueError, match="got 25"):
+        VoiceActivity(frame_ms=25)
+
+
+async def test_timeline_fills_gaps_reads_back_and_waits() -> None:
+    timeline = SpeechTimeline(VoiceActivity(), keep_s=1.0)
+    tone = np.linspace(-0.5, 0.5, 800, dtype=np.float32)
+    await timeline.append(AudioChunk(400, tone))  # a gap of 400 samples first
+    assert timeline.position == 1200
+    samples, complete = timeline.read(0, 1200)
+    assert complete and not samples[:400].any() and np.array_equal(samples[400:], tone)
+    samples, complete = timeline.read(1000, 400)
+    assert not complete and not samples[200:].any()
+    loop = asyncio.get_running_loop()
+    assert not await timeline.wait_for(2000, loop.time() + 0.05)
+    waiter = asyncio.create_task(timeline.wait_for(2000, loop.time() + 2))
+    await timeline.append(AudioChunk(1200, np.zeros(800, np.float32)))
+    assert await waiter
+    # More than keep_s later, old samples are gone (zeros, incomplete) and new ones are intact.
+    await timeline.append(AudioChunk(2000, np.ones(CLOCK_RATE, np.float32)))
+    assert not timeline.read(0, 10)[1]
+    assert timeline.read(2000 + CLOCK_RATE - 10, 10)[0].tolist() == [1.0] * 10
+
+
+async def test_mel_window_waits_for_the_audio_it_reaches_into() -> None:
+    timeline = SpeechTimeline(VoiceActivity())
+    loop = asyncio.get_running_loop()
+    await timeline.append(AudioChunk(0, speech_like(0.2)))
+    assert await timeline.mel_window(1600, loop.time() + 0.05) is None  # needs audio up to ~0.33 s
+    await timeline.append(AudioChunk(3200, speech_like(0.3)))
+    window = await timeline.mel_window(1600, loop.time() + 1)
+    assert window.shape == (80, 16)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def run_ticker(push: PushSpeech, clock: Clock, until: int) -> None:
+    task = asyncio.create_task(push.run())
+    try:
+        while clock.now < until:
+            clock.now += 320
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_pushed_speech_plays_in_order_from_where_it_lands() -> None:
+    timeline = SpeechTimeline(VoiceActivity())
+    clock = Clock()
+    push = PushSpeech(timeline, clock, lead_s=0.1, tick_s=0.001)
+    a = np.full(1600, 0.25, np.float32)
+    b = np.full(1600, -0.25, np.float32)
+    start_a = await push.push(a, CLOCK_RATE)
+    start_b = await push.push(b, CLOCK_RATE)
+    assert (start_a, start_b) == (0, 1600)
+    await run_ticker(push, clock, 6400)
+    samples, _ = timeline.read(0, 4000)
+    assert np.array_equal(samples[:1600], a) and np.array_equal(samples[1600:3200], b) and not samples[3200:].any()
+    assert timeline.position >= 6400 + 1600  # kept filled `lead` ahead of the clock
+
+
+async def test_interrupt_drops_queued_speech_and_new_speech_follows_at_once() -> None:
+    timeline = SpeechTimeline(VoiceActivity())
+    clock = Clock()
+    push = PushSpeech(timeline, clock, lead_s=0.0, tick_s=0.001)
+    await push.push(np.full(CLOCK_RATE * 5, 0.25, np.float32), CLOCK_RATE)
+    await run_ticker(push, clock, 3200)
+    assert push.interrupt() == pytest.approx(5 - 3200 / CLOCK_RATE, abs=0.03)
+    assert push.queued_s == 0
+    start = await push.push(np.full(800, -0.5, np.float32), CLOCK_RATE)
+    await run_ticker(push, clock, start + 2000)
+    samples, _ = timeline.read(start, 800)
+    assert np.array_equal(samples, np.full(800, -0.5, np.float32))
+    assert (timeline.read(start - 320, 320)[0] == 0.25).all()
+
+
+async def test_push_resamples_and_refuses_what_it_cannot_take() -> None:
+    push = PushSpeech(SpeechTimeline(VoiceActivity()), Clock(), max_seconds=1.0)
+    pcm = (np.sin(np.arange(24_000) / 5) * 8000).astype("<i2").tobytes()
+    await push.push_pcm(pcm, 24_000)
+    assert push.queued_s == pytest.approx(1.0, abs=0.01)  # 1 s at 24 kHz -> ~1 s at 16 kHz
+    with pytest.raises(SpeechRefused, match="queued"):
+        await push.push_pcm(pcm, 24_000)
+    with pytest.raises(SpeechRefused, match="even number"):
+        await push.push_pcm(b"\x00\x01\x02", 16_000)
+    with pytest.raises(SpeechRefused, match="8000..96000"):
+        await push.push_pcm(b"\x00\x00", 4_000)

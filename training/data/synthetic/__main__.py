@@ -1,0 +1,7 @@
+"""`python -m training.data.synthetic ...`: the same as `lipsync-train corpus ...`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
