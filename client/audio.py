@@ -248,8 +248,9 @@ def _window_count(n_columns: int, fps: float) -> int:
 def pad_to_window(mel: np.ndarray) -> np.ndarray:
     """Mel shorter than one window (16 columns, 200 ms) padded on the right with silence (-4).
 
-    The original cannot handle such audio (it would slice a negative start); padding with the
-    value of digital silence keeps the speech where it is and says "nothing more is said".
+    The original cannot handle such audio (mel[:, T-16:] with T < 16 is narrower than 16 columns
+    and breaks the model's reshape); padding with the value of digital silence keeps the speech
+    where it is and says "nothing more is said".
     """
     if mel.shape[1] >= MEL_WINDOW_FRAMES:
         return mel

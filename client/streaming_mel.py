@@ -23,8 +23,8 @@ from client.audio import (
     AudioError,
     check_finite,
     check_pad_mode,
-    clip_to_float32,
     check_rate,
+    clip_to_float32,
     columns_from_padded,
     downmix,
     frame_to_mono,
@@ -47,8 +47,9 @@ class StreamingResampler:
     Runs the same FIR as ``client.audio.resample`` (scipy's resample_poly) sample by sample, with the
     filter history kept across chunks, so there are no clicks at chunk borders and the concatenated
     output equals offline resampling of the whole signal up to float rounding. An output sample is
-    emitted once all the input it depends on has arrived: the look-ahead is 64 zero crossings of the
-    filter, 4 ms when downsampling (e.g. 192 input samples at 48 kHz). ``flush`` emits the rest as if
+    emitted once all the input it depends on has arrived: the look-ahead is the filter's half length,
+    64 periods of the lower rate (4 ms into 16 kHz, e.g. 192 input samples at 48 kHz; 8 ms from
+    8 kHz). ``flush`` emits the rest as if
     the signal ended there (zeros after it, exactly like the offline resampler at the end of a file)
     and starts a new stream.
     """
@@ -56,9 +57,12 @@ class StreamingResampler:
     def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE, channels: int = 1) -> None:
         self.in_rate = check_rate(in_rate, "input sample rate")
         self.out_rate = check_rate(out_rate, "output sample rate")
-        if not isinstance(channels, int) or not 1 <= channels <= MAX_CHANNELS:
+        try:
+            self.channels = operator.index(channels)
+        except TypeError:
+            self.channels = 0
+        if isinstance(channels, bool) or not 1 <= self.channels <= MAX_CHANNELS:
             raise AudioError(f"channels must be an int in [1, {MAX_CHANNELS}], got {channels!r}")
-        self.channels = channels
         up, down, h = resampling_filter(self.in_rate, self.out_rate)
         self._up, self._down = up, down
         self._half_len = (h.size - 1) // 2
@@ -148,12 +152,13 @@ class StreamingResampler:
             self._buf = np.concatenate([self._buf, np.zeros(needed - self._buf.size)])
         out = np.empty(m.size)
         if up <= _MAX_GROUPED_PHASES:
-            # Outputs m and m+up use the same branch and inputs `down` apart: one matrix-vector
-            # product per branch over a strided view of the buffer, no copy (48 kHz -> 16 kHz: up = 1).
+            # Outputs m and m+up use the same branch and inputs `down` apart: one product per branch
+            # over a strided view of the buffer, no copy (48 kHz -> 16 kHz: up = 1). einsum, because
+            # matmul cannot hand overlapping rows to BLAS and its fallback loop is twice as slow.
             windows = sliding_window_view(self._buf, k)
             for p in range(min(up, m.size)):
                 rows = first[p::up]
-                out[p::up] = windows[rows[0] : rows[-1] + 1 : down] @ self._branches[phase[p]]
+                out[p::up] = np.einsum("mk,k->m", windows[rows[0] : rows[-1] + 1 : down], self._branches[phase[p]])
         else:  # many branches (44.1 kHz: up = 160): gather each output's inputs, in bounded blocks
             offsets = np.arange(k)
             for a in range(0, m.size, _OUTPUTS_PER_BLOCK):

@@ -14,6 +14,9 @@ from client.cli_config import add_dataclass_arguments, config_from_args, config_
 
 BACKENDS = ("triton", "onnxruntime", "pytorch")
 TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"
+# Live audio reaches the session about this late: aiortc's receiver holds each audio frame until
+# 4 more 20 ms packets arrived, and a packet's first sample was captured 20 ms before it was sent.
+MIC_INPUT_MS = 100
 
 
 def _opt(help: str, **kwargs: Any) -> Any:
@@ -90,10 +93,16 @@ class GatewayConfig:
             if path and not Path(path).is_file():
                 raise ValueError(f"{name} {path!r} is not a file")
 
-    @property
-    def delay_ms(self) -> int:
-        """The added delay every session holds video and audio back by: look-ahead + compute budget."""
-        return self.lookahead_ms + self.compute_budget_ms
+    def delay_ms(self, speech: str = "microphone") -> int:
+        """The added delay a session holds video and audio back by.
+
+        Live microphone speech: the look-ahead, plus the receive path of live audio (aiortc holds
+        audio 80 ms, plus one 20 ms packet), plus the compute budget. Pushed speech is fed into
+        the session `lookahead_ms` ahead of the clock, so only the compute budget remains.
+        """
+        if speech == "push":
+            return self.compute_budget_ms
+        return self.lookahead_ms + MIC_INPUT_MS + self.compute_budget_ms
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments for client.backends.create_backend."""

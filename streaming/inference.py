@@ -45,6 +45,7 @@ class FrameInference:
             async with asyncio.timeout(budget):
                 out = await self.backend.infer_async(mel[None, None].astype(np.float32), face[None].astype(np.float32))
         except TimeoutError:
+            logger.debug("inference took over its %.0f ms budget", 1000 * budget)
             self._observer.backend_error("timeout")
             return None, "timeout"
         except BackendUnavailable as exc:

@@ -123,7 +123,12 @@ class Gateway:
         self.inference = FrameInference(
             self._backend, self.observer, timeout_s=self.config.backend_timeout_s, retry_s=self.config.backend_retry_s
         )
-        logger.info("gateway ready: backend %s, added delay %d ms", self._backend.name, self.config.delay_ms)
+        logger.info(
+            "gateway ready: backend %s, added delay %d ms (microphone) / %d ms (pushed speech)",
+            self._backend.name,
+            self.config.delay_ms("microphone"),
+            self.config.delay_ms("push"),
+        )
 
     async def _shutdown(self, _app: web.Application) -> None:
         await asyncio.gather(*(self.close_session(sid) for sid in list(self.peers)), return_exceptions=True)
@@ -175,7 +180,7 @@ class Gateway:
                 "max_sessions": self.config.max_sessions,
                 "backend": self._backend.name if self._backend else None,
                 "backend_available": bool(self.inference and self.inference.available),
-                "added_delay_ms": self.config.delay_ms,
+                "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_MODES},
                 "presenter": self.presenter is not None,
             }
         )

@@ -121,14 +121,18 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         compute_budget_s: float,
         concurrency: int,
     ) -> None:
+        # Most of a frame's time here is spent waiting for the audio its mel window reaches into, so
+        # the stage holds every frame of the delay at once; only the backend calls are limited.
+        frames_in_delay = int(clock_to_seconds(delay) * fps) + 1
         super().__init__(
             "mouth",
-            maxsize=max(4, int(clock_to_seconds(delay) * fps)),
+            maxsize=frames_in_delay,
             overflow=Overflow.DROP_OLDEST,
-            concurrency=concurrency,
+            concurrency=frames_in_delay + concurrency,
             on_drop=lambda _: observer.dropped(session_id, "mouth_queue_full"),
             on_depth=lambda n: observer.queue_depth(session_id, "mouth", n),
         )
+        self._infer_slots = asyncio.Semaphore(concurrency)
         self._timeline = timeline
         self._clock = clock
         self._inference = inference
@@ -162,7 +166,8 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         stages["audio_wait"] = ready - waited
         if mel is None:
             return passthrough("no_audio")
-        generated, outcome = await self._inference.generate(mel, item.face_input, due - 0.01)
+        async with self._infer_slots:
+            generated, outcome = await self._inference.generate(mel, item.face_input, due - 0.01)
         inferred = time.monotonic()
         stages["infer"] = inferred - ready
         if generated is None:
@@ -205,8 +210,9 @@ class Session:
         self.observer = observer
         self.stats = observer.session_started(self.id)
         self.clock = clock or MediaClock()
-        self.delay = config.delay_ms * CLOCK_RATE // 1000
-        observer.set_delay(self.id, config.delay_ms)
+        delay_ms = config.delay_ms(options.speech)
+        self.delay = delay_ms * CLOCK_RATE // 1000
+        observer.set_delay(self.id, delay_ms)
         vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
         self.timeline = SpeechTimeline(vad)
         self.faces = faces or FaceProcessor()
@@ -238,8 +244,9 @@ class Session:
         self._spawn(self._pump_mouth(), "pump-mouth")
         self._spawn(self._watch_idle(), "idle-watchdog")
         if options.speech == "push":
+            # Fed ahead of the clock by the look-ahead plus the 12.5 ms the last mel column reads beyond it.
             self.push_speech = PushSpeech(
-                self.timeline, self.clock.now, lead_s=config.lookahead_ms / 1000, max_seconds=config.max_speech_seconds
+                self.timeline, self.clock.now, lead_s=(config.lookahead_ms + 40) / 1000, max_seconds=config.max_speech_seconds
             )
             self._spawn(self.push_speech.run(), "push-speech")
 

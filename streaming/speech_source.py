@@ -27,7 +27,7 @@ SAMPLES_PER_COLUMN = CLOCK_RATE // contract.MEL_FRAMES_PER_SECOND  # 200: one me
 # prefetch=4, 20 ms packets), so a received audio frame was sent about 80 ms before recv()
 # returns it. A video frame is held only until the next one starts (session.py), so without
 # this correction speech would land ~40 ms late against the picture it was captured with.
-RECEIVE_AUDIO_HOLD = 4 * CLOCK_RATE // 50
+RECEIVE_AUDIO_HOLD = 4 * CLOCK_RATE // 50  # part of config.MIC_INPUT_MS
 
 
 class SpeechTimeline:

@@ -71,13 +71,16 @@ class ExpertTrainConfig:
     num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
     mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
         _check_width(self, "width")
         _positive(self, "batch_size", "lr", "steps", "min_negative_offset", "eval_interval", "eval_batches")
         _positive(self, "checkpoint_interval", "log_interval")
-        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb")
+        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "torch_threads")
         _check_device(self)
 
 
@@ -118,6 +121,9 @@ class GeneratorTrainConfig:
     num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
     mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
@@ -125,7 +131,7 @@ class GeneratorTrainConfig:
         _check_width(self, "disc_width")
         _positive(self, "batch_size", "lr", "disc_lr", "steps", "eval_interval", "eval_batches")
         _positive(self, "checkpoint_interval", "sample_interval", "log_interval", "sync_threshold")
-        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "syncnet_wt", "disc_wt")
+        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "syncnet_wt", "disc_wt", "torch_threads")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"GeneratorTrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -167,11 +173,14 @@ class EvaluateConfig:
     )
     batch_size: int = field(default=32, metadata={"help": "windows per network call"})
     seed: int = field(default=0, metadata={"help": "seed of the accuracy samples and reference frames"})
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
         _positive(self, "vshift", "batch_size", "accuracy_samples", "accuracy_min_offset")
-        _non_negative(self, "max_clips")
+        _non_negative(self, "max_clips", "torch_threads")
         if not self.expert_checkpoint and not self.syncnet_v2:
             raise ConfigError("EvaluateConfig needs expert_checkpoint or syncnet_v2 (something must score sync)")
         if any(s == 0 for s in self.shifts):

@@ -320,6 +320,8 @@ def _summary(results: list[LSEResult]) -> dict[str, Any]:
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Score the split's clips under every condition and write report.json and lse.png into out_dir."""
     device = resolve_device(config.device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     expert = None
     if config.expert_checkpoint:
         from training.networks.syncnet import SyncNet

@@ -51,8 +51,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def setup_distributed(device: str) -> Dist:
+def setup_distributed(device: str, torch_threads: int = 0) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1; otherwise a single process."""
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, 0, resolve_device(device))

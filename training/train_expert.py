@@ -99,7 +99,7 @@ class ExpertTrainer(TrainLoop):
 def train(config: ExpertTrainConfig, resume: Path | None = None) -> dict[str, Any]:
     """Run (or continue) expert training; returns the final step and validation results."""
     config = build_config(ExpertTrainConfig, dataclasses.asdict(config))
-    ctx = setup_distributed(config.device)
+    ctx = setup_distributed(config.device, config.torch_threads)
     try:
         trainer = ExpertTrainer(config, ctx, resume)
         return {**trainer.run(), "best_val_loss": trainer.best_val_loss}

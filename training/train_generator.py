@@ -228,7 +228,7 @@ class GeneratorTrainer(TrainLoop):
 def train(config: GeneratorTrainConfig, resume: Path | None = None) -> dict[str, Any]:
     """Run (or continue) generator training; returns the final step, switch state and last validation."""
     config = build_config(GeneratorTrainConfig, dataclasses.asdict(config))
-    ctx = setup_distributed(config.device)
+    ctx = setup_distributed(config.device, config.torch_threads)
     try:
         trainer = GeneratorTrainer(config, ctx, resume)
         return {**trainer.run(), "sync_enabled": trainer.sync_enabled}

@@ -47,7 +47,9 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
 def librosa_reference_mel(wav: np.ndarray, pad_mode: str) -> np.ndarray:
     """The documented pipeline (reference section 4.2) written with librosa, independently of client.audio."""
     y = signal.lfilter([1, -0.97], [1], wav)
-    spec = np.abs(librosa.stft(y, n_fft=800, hop_length=200, win_length=800, window="hann", center=True, pad_mode=pad_mode))
+    spec = np.abs(
+        librosa.stft(y, n_fft=800, hop_length=200, win_length=800, window="hann", center=True, pad_mode=pad_mode)
+    )
     mel = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600) @ spec
     db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
     return np.clip(8 * (db + 100) / 100 - 4, -4, 4)
@@ -95,7 +97,7 @@ def test_mel_filterbank_matches_librosa_slaney():
 
 @pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
 def test_melspectrogram_matches_librosa_pipeline(pad_mode):
-    wav = speech_like(3.0) [: 3 * SR - 77]  # a length that is not a multiple of the hop
+    wav = speech_like(3.0)[: 3 * SR - 77]  # a length that is not a multiple of the hop
     mel = audio.melspectrogram(wav, pad_mode=pad_mode)
     ref = librosa_reference_mel(wav, pad_mode)
     assert mel.dtype == np.float32 and mel.shape == (80, 1 + wav.size // 200) == ref.shape

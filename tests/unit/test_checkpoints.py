@@ -116,17 +116,27 @@ def test_module_prefix_is_stripped_anywhere_like_the_release(tmp_path):
     assert list(loaded) == list(state)
 
 
-def test_torchscript_archive_loads(tmp_path):
+@pytest.fixture(scope="module")
+def torchscript_archive(tmp_path_factory):
+    """A traced narrow generator saved like the newer README's Wav2Lip-SD-*.pt, with its inputs and output."""
     torch.manual_seed(0)
     model = Wav2Lip(NARROW).eval()
     mel, face = torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96)
     traced = torch.jit.trace(model, (mel, face))
-    traced.save(str(tmp_path / "Wav2Lip-SD-GAN.pt"))
-    loaded = Wav2Lip.from_checkpoint(tmp_path / "Wav2Lip-SD-GAN.pt")
-    assert loaded.config == NARROW  # width read off the tensor shapes
-    assert_state_equal(loaded, model.state_dict())
+    path = tmp_path_factory.mktemp("torchscript") / "Wav2Lip-SD-GAN.pt"
+    traced.save(str(path))
     with torch.inference_mode():
-        torch.testing.assert_close(loaded(mel, face), traced(mel, face))
+        expected = traced(mel, face)
+    return path, model.state_dict(), (mel, face), expected
+
+
+def test_torchscript_archive_loads(torchscript_archive):
+    path, state, (mel, face), expected = torchscript_archive
+    loaded = Wav2Lip.from_checkpoint(path)
+    assert loaded.config == NARROW  # width read off the tensor shapes
+    assert_state_equal(loaded, state)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(mel, face), expected)
 
 
 @pytest.mark.parametrize("width", [0.25, 0.3, 0.375, 0.5, 0.61, 0.75])
@@ -255,11 +265,9 @@ def test_truncated_zip(tmp_path, narrow_state):
     assert "Traceback" not in str(err.value)
 
 
-def test_truncated_torchscript(tmp_path):
+def test_truncated_torchscript(tmp_path, torchscript_archive):
+    data = torchscript_archive[0].read_bytes()
     path = tmp_path / "truncated.pt"
-    model = Wav2Lip(NARROW).eval()
-    torch.jit.trace(model, (torch.randn(1, 1, 80, 16), torch.rand(1, 6, 96, 96))).save(str(path))
-    data = path.read_bytes()
     path.write_bytes(data[: len(data) - 5000])
     with pytest.raises(CheckpointError, match="not a readable"):
         Wav2Lip.from_checkpoint(path)

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 def test_cli_flags_map_to_fields() -> None:
     config = parse_args(["--port", "9000", "--backend", "onnxruntime", "--ice_loopback", "--lookahead_ms", "100"])
     assert (config.port, config.backend, config.ice_loopback, config.lookahead_ms) == (9000, "onnxruntime", True, 100)
-    assert config.delay_ms == 100 + config.compute_budget_ms
+    assert config.delay_ms("microphone") == 100 + 100 + config.compute_budget_ms
+    assert config.delay_ms("push") == config.compute_budget_ms
 
 
 def test_unknown_flag_and_bad_choice_exit(capsys) -> None:

@@ -54,7 +54,9 @@ def final_columns(received: int, pad_mode: str) -> int:
 
 
 @pytest.mark.parametrize("pad_mode", ["constant", "reflect"])
-@pytest.mark.parametrize(("kind", "n"), [("random", 2 * SR + 77), ("huge", 2 * SR + 77), ("20ms", 2 * SR), ("one-sample", 5_013)])
+@pytest.mark.parametrize(
+    ("kind", "n"), [("random", 2 * SR + 77), ("huge", 2 * SR + 77), ("20ms", 2 * SR), ("one-sample", 5_013)]
+)
 def test_streaming_windows_equal_offline(pad_mode, kind, n):
     wav = speech_like(n, seed=n)
     offline = audio.melspectrogram(wav, pad_mode=pad_mode)

@@ -86,6 +86,16 @@ def write_toy_corpus(root: Path, n_clips: int = 6, n_frames: int = N_FRAMES, see
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny networks gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+    # spinning threads make them several times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_corpus(tmp_path_factory.mktemp("corpus"))
@@ -195,7 +205,10 @@ def test_step_sampler_resumes_mid_epoch_and_shards_ranks() -> None:
     assert [next(it) for _ in range(16)] == stream[14:30]
     assert sorted(k % 10 for k in stream[:10]) == list(range(10)), "one epoch is a permutation"
     assert all(k // 10 == 1 for k in stream[10:20]), "keys carry the epoch"
-    r0, r1 = StepSampler(10, batch_size=1, seed=4, world_size=2), StepSampler(10, batch_size=1, seed=4, rank=1, world_size=2)
+    r0, r1 = (
+        StepSampler(10, batch_size=1, seed=4, world_size=2),
+        StepSampler(10, batch_size=1, seed=4, rank=1, world_size=2),
+    )
     i0, i1 = iter(r0), iter(r1)
     first0, first1 = [next(i0) for _ in range(5)], [next(i1) for _ in range(5)]
     assert sorted(first0 + first1) == list(range(10))
@@ -266,7 +279,9 @@ def test_train_resume_and_evaluate_end_to_end(corpus: Path, tmp_path: Path) -> N
     _train(["generator", *gen_args, "--out-dir", str(split), "--steps", "2"])
     first = load_checkpoint(split / "checkpoint_step000000002.pt")
     assert first["step"] == 2 and first["extra"]["sync_enabled"] is True and first["extra"]["disc"] is not None
-    _train(["generator", "--resume", str(split / "checkpoint_step000000002.pt"), "--out-dir", str(split), "--steps", "4"])
+    _train(
+        ["generator", "--resume", str(split / "checkpoint_step000000002.pt"), "--out-dir", str(split), "--steps", "4"]
+    )
     a = load_checkpoint(straight / "checkpoint_step000000004.pt")
     b = load_checkpoint(split / "checkpoint_step000000004.pt")
     assert a["step"] == b["step"] == 4
@@ -274,7 +289,9 @@ def test_train_resume_and_evaluate_end_to_end(corpus: Path, tmp_path: Path) -> N
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
     for key in a["extra"]["disc"]["model"]:
-        torch.testing.assert_close(a["extra"]["disc"]["model"][key], b["extra"]["disc"]["model"][key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            a["extra"]["disc"]["model"][key], b["extra"]["disc"]["model"][key], rtol=1e-5, atol=1e-6
+        )
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         torch.testing.assert_close(state_a["exp_avg_sq"], state_b["exp_avg_sq"], rtol=1e-5, atol=1e-9)
     rows = read_metrics(split / "metrics.csv")
