@@ -12,6 +12,7 @@ interpreter into its own temporary backend directory, which `stop()` removes.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import contextlib
 import importlib.util
@@ -47,6 +48,16 @@ ARTIFACTS = {
 }
 _LOG_TAIL_LINES = 60
 _LOG_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO}
+
+
+_RUNNING: set[EmbeddedTritonServer] = set()
+
+
+@atexit.register
+def _stop_leftover_servers() -> None:
+    # A program that exits without stop() would leave tritonserver running in its own session.
+    for server in list(_RUNNING):
+        server.kill()
 
 
 class TritonServerError(RuntimeError):
@@ -242,6 +253,7 @@ class EmbeddedTritonServer:
             target=self._forward_log, args=(self._process,), name="tritonserver-log", daemon=True
         )
         self._log_thread.start()
+        _RUNNING.add(self)
 
     def _forward_log(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
@@ -340,6 +352,7 @@ class EmbeddedTritonServer:
             self._log_thread = None
 
     def _cleanup(self) -> None:
+        _RUNNING.discard(self)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

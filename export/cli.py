@@ -118,7 +118,12 @@ def _load_model(config: ExportConfig):
             raise ExportError(f"checkpoint not found: {checkpoint}")
         model = Wav2Lip.from_checkpoint(checkpoint)
         source = str(checkpoint)
-    return model, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
+    metadata = {
+        "weights": "random" if config.random_weights else "trained",
+        "checkpoint": source,
+        "width": str(model.config.width),
+    }
+    return model, metadata, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
 
 
 def run(config: ExportConfig) -> dict:
@@ -161,7 +166,7 @@ def run(config: ExportConfig) -> dict:
     check = {"samples": config.verify_samples, "input_sets": config.input_sets, "seed": config.seed}
 
     stage("load the PyTorch generator")
-    model, description = _load_model(config)
+    model, metadata, description = _load_model(config)
     say(f"      {description}")
     report["model"] = description
     reference = PyTorchBackend(model=model, device="cpu", max_batch=config.max_batch)
@@ -170,7 +175,7 @@ def run(config: ExportConfig) -> dict:
     stage(f"PyTorch -> ONNX FP32 (opset {config.opset}, batch 1..{config.max_batch}): {onnx_path}")
     started = time.perf_counter()
     onnx_path.unlink(missing_ok=True)  # it may be a hard link shared with the Python model's copy
-    export_onnx(model, onnx_path, opset=config.opset, max_batch=config.max_batch)
+    export_onnx(model, onnx_path, opset=config.opset, max_batch=config.max_batch, metadata=metadata)
     report["seconds"]["onnx_export"] = round(time.perf_counter() - started, 2)
     with OnnxRuntimeBackend(onnx_path, max_batch=config.max_batch) as onnx_fp32:
         record(verify.verify("ONNX FP32 vs PyTorch FP32", reference.infer, onnx_fp32.infer, fp32_tol, **check))

@@ -26,8 +26,13 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     max_batch: int = contract.MAX_BATCH,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Export `model` (float32, eval) to `path`; the batch axis is dynamic in [1, max_batch]."""
+    """Export `model` (float32, eval) to `path`; the batch axis is dynamic in [1, max_batch].
+
+    `metadata` goes into the file's metadata_props (where the weights came from, the width), so a
+    program holding only the ONNX file can say what it runs.
+    """
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
     path = Path(path)
@@ -55,6 +60,10 @@ def export_onnx(
             external_data=False,
             verbose=False,
         )
+    if metadata:
+        exported = onnx.load(str(path))
+        onnx.helper.set_model_props(exported, {str(k): str(v) for k, v in metadata.items()})
+        onnx.save(exported, str(path))
     check_onnx_io(path)
     log.info("exported %s (opset %d)", path, opset)
     return path

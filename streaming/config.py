@@ -39,6 +39,7 @@ class GatewayConfig:
     fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
     lookahead_ms: int = _opt("how far into the future the mel window of a frame reaches", default=200)
     compute_budget_ms: int = _opt("time a frame may spend in tracking, inference and blending", default=150)
+    warmup: bool = _opt("send warm-up requests of every batch size up to 8 at start", default=True)
     inference_concurrency: int = _opt("requests in flight per session", default=6)
     max_sessions: int = _opt("concurrent sessions; more get 503", default=4)
     max_request_bytes: int = _opt("largest /offer body", default=128 * 1024)
@@ -107,7 +108,9 @@ class GatewayConfig:
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments for client.backends.create_backend."""
         if self.backend == "triton":
-            return {"url": self.triton_url, "model": self.model, "timeout_s": self.backend_timeout_s}
+            # The server drops requests still queued after this: a frame past its budget is passed through anyway.
+            timeout = min(self.backend_timeout_s, self.compute_budget_ms / 1000)
+            return {"url": self.triton_url, "model": self.model, "timeout_s": timeout}
         if self.backend == "onnxruntime":
             return {"model_path": self.model_path} if self.model_path else {}
         return {"checkpoint": self.model_path} if self.model_path else {}

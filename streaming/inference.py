@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from client import contract
 from client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
 from streaming.metrics import GatewayObserver
 
@@ -26,6 +27,25 @@ class FrameInference:
         self._timeout = timeout_s
         self._retry = retry_s
         self._down_until = 0.0
+
+    async def warm_up(self, max_batch: int = 8, rounds: int = 2) -> None:
+        """Send 1..max_batch concurrent requests, so the first live frames meet no cold batch shapes.
+
+        The server's dynamic batcher turns n concurrent requests into a batch of (about) n, and an
+        inference runtime plans each new batch shape on first sight (hundreds of ms on a CPU).
+        Failures are only logged: a backend that is down now may be up by the first frame.
+        """
+        mel = np.zeros((1, *contract.MEL_INPUT.shape), np.float32)
+        face = np.zeros((1, *contract.FACE_INPUT.shape), np.float32)
+        start = time.monotonic()
+        try:
+            for _ in range(rounds):
+                for n in range(1, max_batch + 1):
+                    await asyncio.gather(*(self.backend.infer_async(mel, face) for _ in range(n)))
+        except BackendError as exc:
+            logger.warning("backend warm-up failed: %s", exc)
+            return
+        logger.info("backend warmed up in %.1f s", time.monotonic() - start)
 
     @property
     def available(self) -> bool:

@@ -123,6 +123,8 @@ class Gateway:
         self.inference = FrameInference(
             self._backend, self.observer, timeout_s=self.config.backend_timeout_s, retry_s=self.config.backend_retry_s
         )
+        if self.config.warmup:
+            await self.inference.warm_up(max_batch=min(8, self.config.inference_concurrency * self.config.max_sessions))
         logger.info(
             "gateway ready: backend %s, added delay %d ms (microphone) / %d ms (pushed speech)",
             self._backend.name,

@@ -246,7 +246,10 @@ class Session:
         if options.speech == "push":
             # Fed ahead of the clock by the look-ahead plus the 12.5 ms the last mel column reads beyond it.
             self.push_speech = PushSpeech(
-                self.timeline, self.clock.now, lead_s=(config.lookahead_ms + 40) / 1000, max_seconds=config.max_speech_seconds
+                self.timeline,
+                self.clock.now,
+                lead_s=(config.lookahead_ms + 40) / 1000,
+                max_seconds=config.max_speech_seconds,
             )
             self._spawn(self.push_speech.run(), "push-speech")
 

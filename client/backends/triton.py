@@ -29,6 +29,18 @@ log = logging.getLogger(__name__)
 
 # Per-frame requests in flight per call; the server's queue is bounded too (export/model_repository.py).
 DEFAULT_MAX_IN_FLIGHT = 2 * contract.MAX_BATCH
+_CHANNEL_ARGS = [
+    # tritonclient's own defaults, which passing channel_args replaces.
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    # gRPC shares subchannels between channels to the same address, so a rebuilt channel would
+    # inherit the old one's reconnect back-off (seconds after a refused connection): use our own,
+    # and keep the back-off short so even a channel that is not rebuilt retries within a second.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 class TritonBackend(LipSyncBackend):
@@ -61,13 +73,15 @@ class TritonBackend(LipSyncBackend):
         self._client: grpcclient.InferenceServerClient | None = None
         self._aio: tuple[asyncio.AbstractEventLoop, aioclient.InferenceServerClient] | None = None
         self._outputs = [grpcclient.InferRequestedOutput(contract.FACE_OUTPUT.name)]
+        # What `lipsync` reports as the weights it runs: the server knows, the client names the model.
+        self.metadata = {"weights": "Triton model", "checkpoint": f"{model} at {url}"}
 
     # ------------------------------------------------------------------ connections
 
     def _sync_client(self) -> grpcclient.InferenceServerClient:
         with self._lock:
             if self._client is None:
-                self._client = grpcclient.InferenceServerClient(self.url)
+                self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
             return self._client
 
     def _aio_client(self) -> aioclient.InferenceServerClient:
@@ -75,7 +89,7 @@ class TritonBackend(LipSyncBackend):
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._aio is None or self._aio[0] is not loop:
-                self._aio = (loop, aioclient.InferenceServerClient(self.url))
+                self._aio = (loop, aioclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS))
             return self._aio[1]
 
     def _reset(self, client: object) -> None:

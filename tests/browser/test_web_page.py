@@ -21,7 +21,14 @@ from streaming.config import GatewayConfig
 from streaming.server import Gateway
 from tests.media import moving_face_clip
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path("/usr/bin/chromium").exists(),
+        reason="Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+    ),
+]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -66,8 +73,6 @@ def fake_media(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_page_connects_shows_video_and_figures(fake_media, lipsync_backend, unused_tcp_port) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.async_api")
     from aiohttp import web
 
@@ -76,10 +81,16 @@ async def test_page_connects_shows_video_and_figures(fake_media, lipsync_backend
     runner = web.AppRunner(gateway.app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
-    flags = [*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={video}", f"--use-file-for-fake-audio-capture={audio}"]
+    flags = [
+        *CHROMIUM_FLAGS,
+        f"--use-file-for-fake-video-capture={video}",
+        f"--use-file-for-fake-audio-capture={audio}",
+    ]
     try:
         async with playwright_api.async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=flags, env={**os.environ, "HOME": str(video.parent)})
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), args=flags, env={**os.environ, "HOME": str(video.parent)}
+            )
             page = await browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -122,6 +122,8 @@ def test_cli_writes_a_complete_repository(exported: tuple[Path, int]) -> None:
     onnx_file = repo / contract.ONNX_MODEL / "1" / "model.onnx"
     python_copy = repo / contract.EMBEDDED_MODEL / "1" / "model.onnx"
     assert onnx_file.read_bytes() == python_copy.read_bytes()
+    props = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    assert props["weights"] == "random" and float(props["width"]) == WIDTH
     assert (repo / contract.ONNX_MODEL / "1" / "model_fp16.onnx").is_file()
     assert (repo / contract.EMBEDDED_MODEL / "1" / "model.py").is_file()
     reloaded = Wav2Lip.from_checkpoint(repo / contract.EMBEDDED_MODEL / "1" / "model.pt")

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 
 
 async def make_client(**overrides) -> tuple[TestClient, Gateway]:
-    config = GatewayConfig(backend="onnxruntime", **{"max_request_bytes": 64 * 1024, "max_sdp_bytes": 16 * 1024, **overrides})
+    config = GatewayConfig(
+        backend="onnxruntime", **{"max_request_bytes": 64 * 1024, "max_sdp_bytes": 16 * 1024, **overrides}
+    )
     gateway = Gateway(config, backend=GreyMouthBackend())
     client = TestClient(TestServer(gateway.app, host="127.0.0.1"))
     await client.start_server()
@@ -93,9 +95,13 @@ async def test_token_is_required_where_configured() -> None:
         pc, sdp = await real_offer()
         response = await client.post("/offer", json={"sdp": sdp, "type": "offer"})
         assert response.status == 401 and "token" in await error_of(response)
-        response = await client.post("/offer", json={"sdp": sdp, "type": "offer"}, headers={"Authorization": "Bearer nope"})
+        response = await client.post(
+            "/offer", json={"sdp": sdp, "type": "offer"}, headers={"Authorization": "Bearer nope"}
+        )
         assert response.status == 401
-        response = await client.post("/offer", json={"sdp": sdp, "type": "offer"}, headers={"Authorization": "Bearer s3cret"})
+        response = await client.post(
+            "/offer", json={"sdp": sdp, "type": "offer"}, headers={"Authorization": "Bearer s3cret"}
+        )
         assert response.status == 200
         answer = await response.json()
         assert answer["type"] == "answer" and answer["sdp"].startswith("v=0")

@@ -59,7 +59,9 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.25 * voice * envelope / 3 + noise).astype(np.float32)
 
 
-def make_session(backend: LipSyncBackend, faces: FaceProcessor | None = None, **overrides) -> tuple[Session, GatewayObserver]:
+def make_session(
+    backend: LipSyncBackend, faces: FaceProcessor | None = None, **overrides
+) -> tuple[Session, GatewayObserver]:
     config = GatewayConfig(backend="onnxruntime", compute_budget_ms=150, vad_hangover_ms=40, **overrides)
     observer = GatewayObserver()
     inference = FrameInference(backend, observer, timeout_s=0.5, retry_s=0.3)

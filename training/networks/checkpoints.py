@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import tempfile
 import warnings
 import zipfile
@@ -103,6 +104,11 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, pickle.UnpicklingError):
+        # torch's own text advises weights_only=False, which would run arbitrary code from the file.
+        return (
+            "UnpicklingError: not a pickle of tensors and plain data (other objects are refused, they could run code)"
+        )
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first_line[:300]}" if first_line else type(exc).__name__
 

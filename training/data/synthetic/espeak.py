@@ -1,7 +1,8 @@
 """Speech with phoneme timings from libespeak-ng, through ctypes (no dev headers needed).
 
-One process holds one synthesizer (libespeak-ng keeps global state); `Espeak.instance()` gives it.
-Audio is resampled from espeak's native rate (22050 Hz) to 16 kHz with a polyphase filter, and every
+libespeak-ng keeps state from one utterance to the next, so every utterance is spoken by a freshly
+initialised library in a forked child (about 5 ms): the same text and voice always give the same
+samples. Linux/macOS only (fork). Audio is resampled from espeak's native rate (22050 Hz) to 16 kHz with a polyphase filter, and every
 phoneme event keeps its position as a 16 kHz sample index.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import pickle
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -144,25 +146,97 @@ def load_library(path: str | None = None) -> ctypes.CDLL:
     return lib
 
 
+class _Collector:
+    """Gathers what libespeak-ng's synthesis callback hands over."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.events: list[tuple[int, int, bytes]] = []
+        self.callback = _SynthCallback(self._on_synth)  # kept referenced: espeak holds the pointer
+
+    def _on_synth(self, wav, numsamples, events) -> int:
+        if numsamples > 0 and wav:
+            self.chunks.append(ctypes.string_at(wav, numsamples * 2))
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            ev = events[i]
+            if ev.type == _EVENT_PHONEME:
+                self.events.append((_EVENT_PHONEME, ev.sample, bytes(ev.id.string).split(b"\0", 1)[0]))
+            elif ev.type == _EVENT_WORD:
+                self.events.append((_EVENT_WORD, ev.sample, b""))
+            i += 1
+        return 0  # continue synthesis
+
+
+def _synthesize_fresh(library: str, text: str, voice: Voice | None) -> dict:
+    """Initialise libespeak-ng and speak once (run in a fresh child: the library keeps state)."""
+    lib = load_library(library)
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
+    if rate <= 0:
+        return {"error": "not_found", "message": f"espeak_Initialize failed (returned {rate}): is espeak-ng-data installed? {INSTALL_HINT}"}
+    if voice is None:
+        return {"rate": int(rate), "pcm": b"", "events": []}
+    collector = _Collector()
+    lib.espeak_SetSynthCallback(collector.callback)
+    if lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
+        return {"error": "voice", "message": f"espeak-ng has no voice {voice.name!r} (see `espeak-ng --voices`)"}
+    for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch), (_PARAM_RANGE, voice.pitch_range), (_PARAM_VOLUME, 100)):
+        lib.espeak_SetParameter(param, int(value), 0)
+    data = text.encode("utf-8") + b"\0"
+    buf = ctypes.create_string_buffer(data, len(data))
+    err = lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+    lib.espeak_Synchronize()
+    if err != _EE_OK:
+        return {"error": "synth", "message": f"espeak_Synth failed with error {err} for voice {voice.name!r}"}
+    return {"rate": int(rate), "pcm": b"".join(collector.chunks), "events": collector.events}
+
+
+def _in_child(fn, *args) -> dict:
+    """Run fn(*args) in a forked child and return its (picklable) result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 0
+        try:
+            os.close(r)
+            try:
+                payload = pickle.dumps(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                payload = pickle.dumps({"error": "exception", "message": f"{type(exc).__name__}: {exc}"})
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(w, view) :]
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        while chunk := f.read(1 << 20):
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if not chunks:
+        raise EspeakError(f"the espeak-ng child process died (wait status {status})")
+    return pickle.loads(b"".join(chunks))
+
+
 class Espeak:
-    """The process's synthesizer. Not re-entrant: calls are serialised with a lock."""
+    """The synthesizer. Each utterance is spoken by a freshly initialised libespeak-ng in a forked
+    child: the library carries state from one utterance to the next (its pitch flutter, its noise
+    generator), so only a fresh one says the same text the same way every time: determinism."""
 
     _instance: Espeak | None = None
     _instance_lock = threading.Lock()
 
     def __init__(self, library: str | None = None) -> None:
-        self._lib = load_library(library)
-        rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
-        if rate <= 0:
-            raise EspeakNotFound(f"espeak_Initialize failed (returned {rate}): is espeak-ng-data installed? {INSTALL_HINT}")
-        self.native_rate = int(rate)
+        self.library = library or find_library()
+        load_library(self.library)  # raises EspeakNotFound with the install hint
+        probe = _in_child(_synthesize_fresh, self.library, "", None)
+        self._raise_for(probe)
+        self.native_rate = int(probe["rate"])
         ratio = Fraction(SAMPLE_RATE, self.native_rate)
         self._up, self._down = ratio.numerator, ratio.denominator
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[int, int, bytes]] = []
-        self._lock = threading.Lock()
-        self._callback = _SynthCallback(self._on_synth)  # kept referenced: espeak holds the pointer
-        self._lib.espeak_SetSynthCallback(self._callback)
 
     @classmethod
     def instance(cls) -> Espeak:
@@ -171,36 +245,16 @@ class Espeak:
                 cls._instance = cls()
             return cls._instance
 
-    def _on_synth(self, wav, numsamples, events) -> int:
-        if numsamples > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            ev = events[i]
-            if ev.type == _EVENT_PHONEME:
-                self._events.append((_EVENT_PHONEME, ev.sample, bytes(ev.id.string).split(b"\0", 1)[0]))
-            elif ev.type == _EVENT_WORD:
-                self._events.append((_EVENT_WORD, ev.sample, b""))
-            i += 1
-        return 0  # 0 = continue synthesis
+    @staticmethod
+    def _raise_for(result: dict) -> None:
+        if "error" in result:
+            raise (EspeakNotFound if result["error"] == "not_found" else EspeakError)(result["message"])
 
     def synthesize(self, text: str, voice: Voice) -> Speech:
         """Speak `text` with `voice`; raise EspeakError for an unknown voice or a failed synthesis."""
-        with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
-                raise EspeakError(f"espeak-ng has no voice {voice.name!r} (see `espeak-ng --voices`)")
-            for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch), (_PARAM_RANGE, voice.pitch_range), (_PARAM_VOLUME, 100)):
-                self._lib.espeak_SetParameter(param, int(value), 0)
-            self._chunks, self._events = [], []
-            data = text.encode("utf-8") + b"\0"
-            buf = ctypes.create_string_buffer(data, len(data))
-            err = self._lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            self._lib.espeak_Synchronize()
-            if err != _EE_OK:
-                raise EspeakError(f"espeak_Synth failed with error {err} for voice {voice.name!r}")
-            native = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            events = self._events
-            self._chunks, self._events = [], []
+        result = _in_child(_synthesize_fresh, self.library, text, voice)
+        self._raise_for(result)
+        native = np.frombuffer(result["pcm"], dtype="<i2")
         audio = resample_poly(native.astype(np.float32) / 32768.0, self._up, self._down).astype(np.float32)
         n = len(audio)
         scale = SAMPLE_RATE / self.native_rate
@@ -208,6 +262,7 @@ class Espeak:
         def at(sample: int) -> int:
             return min(max(int(round(sample * scale)), 0), n)
 
+        events = result["events"]
         phonemes = tuple(Phoneme(name.decode("utf-8", "replace"), at(s)) for kind, s, name in events if kind == _EVENT_PHONEME)
         words = tuple(at(s) for kind, s, _ in events if kind == _EVENT_WORD)
         return Speech(audio=audio, phonemes=phonemes, word_starts=words)

@@ -74,11 +74,11 @@ def sample_scene(rng: np.random.Generator, frame_size: tuple[int, int] = (256, 2
         frame_w=fw,
         frame_h=fh,
         light=tuple(float(v) for v in light),
-        ambient=float(rng.uniform(0.38, 0.6)),
-        diffuse=float(rng.uniform(0.45, 0.7)),
+        ambient=(ambient := float(rng.uniform(0.38, 0.6))),
+        diffuse=min(float(rng.uniform(0.45, 0.7)), 1.12 - ambient),  # fully lit skin stays under clipping
         specular=float(rng.uniform(0.0, 0.25)),
         tint=tuple(float(t) for t in tint),
-        exposure=float(rng.uniform(0.85, 1.15)),
+        exposure=float(rng.uniform(0.8, 1.1)),
         frame_gradient=(float(rng.uniform(-0.15, 0.15)), float(rng.uniform(-0.12, 0.12))),
         background_seed=int(rng.integers(2**31)),
         background_kind=str(rng.choice(["room", "blobs", "gradient", "texture"], p=[0.4, 0.3, 0.15, 0.15])),
@@ -538,8 +538,10 @@ class Face:
         if style == "bald":
             band = head_contour(lay, grow=1)
             band_m = _poly_mask((CANVAS_H, CANVAS_W), band, 1.0)
-            sides = (np.abs(self._xx - lay.cx) > 0.82 * lay.a) & (self._yy > lay.eye_y - 38) & (self._yy < lay.eye_y + 4)
-            return band_m * sides * 0.55
+            # a fringe of hair above the ears, thinning towards the crown and the face
+            rel = np.abs(self._xx - lay.cx) / lay.a
+            sides = np.clip((rel - 0.8) / 0.12, 0, 1) * np.clip(1 - np.abs(self._yy - (lay.eye_y - 14)) / 22.0, 0, 1)
+            return band_m * sides * 0.6
         volume = {"buzz": 1.5, "short": 5.0, "side_part": 6.0, "long": 6.0, "bun": 4.0, "curly": 10.0, "bob": 7.0}[style]
         cap_m = _poly_mask((CANVAS_H, CANVAS_W), head_contour(lay, grow=volume), 1.2)
         rel = (self._xx - lay.cx) / lay.a
@@ -704,7 +706,7 @@ class Face:
         rel = np.abs(self._xx - lay.cx) / lay.a
         line = top + (side_top - top) * np.clip(rel / 0.8, 0, 1) ** 0.5
         line = np.where(rel > 0.85, lay.eye_y + 8, line)
-        region = face * np.clip((self._yy - line) / 4.0, 0, 1)
+        region = face * np.clip((self._yy - line) / 10.0, 0, 1)
         mouth_hole = _gauss2(self._xx, self._yy, lay.cx, lay.mouth_y + 1, lay.mouth_w + 3, lay.lower_lip + 2)
         return np.clip(region * (1 - 1.6 * mouth_hole), 0, 1)
 
@@ -722,8 +724,9 @@ class Face:
             region *= self._beard_region(False)
         else:
             region = self._beard_region(kind == "full_beard")
-        lit = self.shade * 0.9
-        _blend(img, region * 0.93, hair[None, None, :] * (0.5 + 0.6 * tex)[..., None] * lit[..., None])
+        # hairs: denser in the middle of the beard, skin showing through at its edges
+        density = region * np.clip(0.45 + 0.55 * tex + 0.25 * (region - 0.5), 0, 1) * (0.9 if kind == "full_beard" else 0.8)
+        _blend(img, density, hair[None, None, :] * (0.55 + 0.6 * tex)[..., None] * self.shade[..., None])
 
     def _mustache_patch(self, hair: np.ndarray, tex: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
         if self.idt.facial_hair not in ("mustache", "goatee", "beard", "full_beard"):
