@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = args.out or RESULTS / ("serving_quick.json" if args.quick else "serving.json")
     machine = describe_machine()
+    load_before = os.getloadavg()
     started = time.perf_counter()
 
     def log(text: str) -> None:
@@ -336,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "seconds": round(time.perf_counter() - started, 1),
         "plan": asdict(plan),
+        # Other processes on a shared machine skew every figure; the 1-minute load says how much.
+        "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
         "notes": "random weights (timing depends on width only); Triton = embedded tritonserver, Python backend "
         "running ONNX Runtime on the same CPU as the clients; latency per request from the client; fps/base and "
         "p50/base are ratios to the baseline row; exec batch = mean batch size Triton executed",
@@ -346,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(rows, baseline, machine, out.with_suffix(".png"))
     print(table([baseline, *rows]))
-    print(f"\nmachine: {machine}\ntook {report['seconds']} s; wrote {out} and {out.with_suffix('.png')}")
+    load = report["load_average_1min"]
+    print(f"\nmachine: {machine}; 1-min load average {load['start']} at start, {load['end']} at end")
+    print(f"took {report['seconds']} s; wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 

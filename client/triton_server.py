@@ -101,6 +101,11 @@ class TritonDistribution:
         return found
 
 
+def check_port(name: str, port: int) -> None:
+    if not 0 <= port < 65536:
+        raise ValueError(f"{name} must be in [0, 65535] (0: a free port), got {port}")
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -149,8 +154,7 @@ class EmbeddedTritonServer:
         if not self.models:
             raise ValueError("at least one model must be loaded")
         for name, port in (("grpc_port", grpc_port), ("http_port", http_port), ("metrics_port", metrics_port)):
-            if not 0 <= port < 65536:
-                raise ValueError(f"{name} must be in [0, 65535], got {port}")
+            check_port(name, port)
         self._requested_ports = (grpc_port, http_port, metrics_port)
         self.grpc_port = self.http_port = self.metrics_port = 0
         self.startup_timeout_s = startup_timeout_s
@@ -410,9 +414,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port < 65536:
-                raise ValueError(f"{name} must be in [0, 65535], got {port}")
+            check_port(name, getattr(self, name))
         if self.startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be > 0, got {self.startup_timeout}")
 

@@ -250,11 +250,16 @@ def speech_intervals(
 
 
 def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
-    """Mean absolute difference over the lower middle of the face box (where the mouth is blended)."""
+    """Mean absolute difference over the lower middle of the face box (where the mouth is blended).
+
+    NaN when that region lies outside the frame.
+    """
     x1, y1, x2, y2 = (int(round(v)) for v in (box.x1, box.y1, box.x2, box.y2))
     w, h = x2 - x1, y2 - y1
     ys = slice(max(y1 + int(0.62 * h), 0), min(y1 + int(0.95 * h), sent.shape[0]))
     xs = slice(max(x1 + int(0.25 * w), 0), min(x1 + int(0.75 * w), sent.shape[1]))
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        return float("nan")
     return float(np.abs(received[ys, xs].astype(np.float32) - sent[ys, xs].astype(np.float32)).mean())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,12 +52,16 @@ def _trainer_config(cls: type, args: argparse.Namespace):
     return config_from_args(cls, args, base=saved_train_config(resume)), resume
 
 
+def _print_result(result: dict) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(json.dumps(result, indent=2, default=float))
+
+
 def _run_expert(args: argparse.Namespace) -> int:
     from training.train_expert import train
 
     config, resume = _trainer_config(ExpertTrainConfig, args)
-    result = train(config, resume)
-    print(json.dumps(result, indent=2, default=float))
+    _print_result(train(config, resume))
     return 0
 
 
@@ -64,8 +69,7 @@ def _run_generator(args: argparse.Namespace) -> int:
     from training.train_generator import train
 
     config, resume = _trainer_config(GeneratorTrainConfig, args)
-    result = train(config, resume)
-    print(json.dumps(result, indent=2, default=float))
+    _print_result(train(config, resume))
     return 0
 
 

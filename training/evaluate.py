@@ -54,12 +54,13 @@ class SyncScorer(Protocol):
     def audio_features(self, wav: np.ndarray, n: int) -> Tensor: ...
 
 
-def _batched(fn, inputs: list[np.ndarray], batch: int, device: torch.device) -> Tensor:
+def _batched(fn, make_input, n: int, batch: int, device: torch.device) -> Tensor:
+    """fn over inputs make_input(0..n-1), built one batch at a time (long clips never sit in memory as windows)."""
+    out = []
     with torch.no_grad():
-        out = [
-            fn(torch.from_numpy(np.stack(inputs[i : i + batch])).to(device)).float().cpu()
-            for i in range(0, len(inputs), batch)
-        ]
+        for start in range(0, n, batch):
+            x = np.stack([make_input(i) for i in range(start, min(n, start + batch))]).astype(np.float32)
+            out.append(fn(torch.from_numpy(x).to(device)).float().cpu())
     return torch.cat(out)
 
 
@@ -83,24 +84,25 @@ class ExpertScorer:
 
     def video_features(self, frames: list[np.ndarray], n: int) -> Tensor:
         lower = [_to_face(f)[MASK_START_ROW:] for f in frames[: n + SYNC_T - 1]]
-        windows = [
-            np.concatenate(lower[v : v + SYNC_T], axis=2).transpose(2, 0, 1).astype(np.float32) / 255.0
-            for v in range(n)
-        ]
-        return _batched(self._embed_faces, windows, self.batch_size, self.device)
+
+        def window(v: int) -> np.ndarray:  # (15, 48, 96) in [0, 1], frame-major BGR
+            return np.concatenate(lower[v : v + SYNC_T], axis=2).transpose(2, 0, 1) / np.float32(255.0)
+
+        return _batched(self._embed_faces, window, n, self.batch_size, self.device)
 
     def audio_features(self, wav: np.ndarray, n: int) -> Tensor:
         from client.audio import melspectrogram
 
         mel = melspectrogram(wav.astype(np.float32))
-        windows = [np.ascontiguousarray(mel[None, :, mel_start(v) : mel_start(v) + 16]) for v in range(n)]
-        return _batched(self._embed_mels, windows, self.batch_size, self.device)
+        return _batched(
+            self._embed_mels, lambda v: mel[None, :, mel_start(v) : mel_start(v) + 16], n, self.batch_size, self.device
+        )
 
     def _embed_faces(self, x: Tensor) -> Tensor:
         return F.normalize(self.expert.face_encoder(x).flatten(1), p=2, dim=1)
 
     def _embed_mels(self, m: Tensor) -> Tensor:
-        return F.normalize(self.expert.audio_encoder(m.float()).flatten(1), p=2, dim=1)
+        return F.normalize(self.expert.audio_encoder(m).flatten(1), p=2, dim=1)
 
 
 class SyncNetV2Scorer:
@@ -119,15 +121,23 @@ class SyncNetV2Scorer:
         )
 
     def video_features(self, frames: list[np.ndarray], n: int) -> Tensor:
-        big = np.stack([cv2.resize(f, (_V2_SIZE, _V2_SIZE)) for f in frames[: n + SYNC_T - 1]]).astype(np.float32)
-        windows = [big[v : v + SYNC_T].transpose(3, 0, 1, 2) for v in range(n)]  # (3, 5, 224, 224) each
-        return _batched(self.net.forward_lip, windows, self.batch_size, self.device)
+        big = np.stack(
+            [cv2.resize(f, (_V2_SIZE, _V2_SIZE)) for f in frames[: n + SYNC_T - 1]]
+        )  # uint8 (T, 224, 224, 3)
+        return _batched(  # (3, 5, 224, 224) windows of raw 0..255 BGR values
+            self.net.forward_lip, lambda v: big[v : v + SYNC_T].transpose(3, 0, 1, 2), n, self.batch_size, self.device
+        )
 
     def audio_features(self, wav: np.ndarray, n: int) -> Tensor:
         cc = mfcc(to_int16_scale(wav)).T.astype(np.float32)  # (13, M)
         step = MFCC_PER_VIDEO_FRAME
-        windows = [np.ascontiguousarray(cc[None, :, step * v : step * v + MFCC_WINDOW]) for v in range(n)]
-        return _batched(self.net.forward_aud, windows, self.batch_size, self.device)
+        return _batched(
+            self.net.forward_aud,
+            lambda v: cc[None, :, step * v : step * v + MFCC_WINDOW],
+            n,
+            self.batch_size,
+            self.device,
+        )
 
 
 def _to_face(frame: np.ndarray) -> np.ndarray:

@@ -72,6 +72,7 @@ class TritonBackend(LipSyncBackend):
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = None
         self._aio: tuple[asyncio.AbstractEventLoop, aioclient.InferenceServerClient] | None = None
+        self._stale_aio: list[tuple[asyncio.AbstractEventLoop, aioclient.InferenceServerClient]] = []
         self._outputs = [grpcclient.InferRequestedOutput(contract.FACE_OUTPUT.name)]
         # What `lipsync` reports as the weights it runs: the server knows, the client names the model.
         self.metadata = {"weights": "Triton model", "checkpoint": f"{model} at {url}"}
@@ -93,36 +94,32 @@ class TritonBackend(LipSyncBackend):
             return self._aio[1]
 
     def _reset(self, client: object) -> None:
-        """Drop a channel that saw the server go away; the next call dials afresh."""
+        """Drop a channel that saw the server go away; the next call dials afresh.
+
+        The old channel is not closed here: that would cancel the calls still failing on it. A sync
+        client closes itself when collected; aclose() closes the aio ones on their loop.
+        """
         with self._lock:
             if self._client is client:
                 self._client = None
-                stale = client
             elif self._aio is not None and self._aio[1] is client:
+                self._stale_aio.append(self._aio)
                 self._aio = None
-                stale = None  # closing an aio channel needs its loop; it is closed by garbage collection
-            else:
-                return
-        if stale is not None:
-            try:
-                stale.close()
-            except Exception:  # a dead channel may fail to close; it is dropped either way
-                log.debug("closing a stale Triton channel failed", exc_info=True)
 
     def _translate(self, exc: InferenceServerException, client: object) -> BackendError:
         status = str(exc.status() or "")
         message = exc.message() or str(exc)
-        if "DEADLINE_EXCEEDED" in status or "timeout" in message.lower():
+        if "DEADLINE_EXCEEDED" in status or "request timeout expired" in message.lower():
             return BackendError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s ({message})")
-        if "UNAVAILABLE" in status and "queue size" in message:
+        if "queue size" in message:
             return BackendError(f"Triton at {self.url} is overloaded, its queue is full ({message})")
+        if "unknown model" in message or "no available versions" in message or "not ready" in message:
+            return BackendUnavailable(f"model {self.model!r} is not ready on Triton at {self.url} ({message})")
         if "UNAVAILABLE" in status:
             self._reset(client)
             return BackendUnavailable(
                 f"Triton at {self.url} is unreachable ({message}); start one with `lipsync-server`"
             )
-        if "not ready" in message or "unknown model" in message or "is not found" in message:
-            return BackendUnavailable(f"model {self.model!r} is not ready on Triton at {self.url} ({message})")
         return BackendError(f"Triton at {self.url}, model {self.model!r}: {message} ({status})")
 
     # ------------------------------------------------------------------ readiness
@@ -268,7 +265,10 @@ class TritonBackend(LipSyncBackend):
 
     async def aclose(self) -> None:
         with self._lock:
-            aio, self._aio = self._aio, None
-        if aio is not None and aio[0] is asyncio.get_running_loop():
-            await aio[1].close()
+            channels = [*self._stale_aio, *([self._aio] if self._aio else [])]
+            self._aio, self._stale_aio = None, []
+        loop = asyncio.get_running_loop()
+        for owner, client in channels:
+            if owner is loop:  # a channel of another (finished) loop cannot be closed from here
+                await client.close()
         self.close()

@@ -131,7 +131,9 @@ def mouth_changes(client: GatewayClient, clip) -> dict[int, float]:
     out: dict[int, float] = {}
     for _, index, image in client.received.video:
         if index is not None and index < len(clip.frames) and index not in out:
-            out[index] = mouth_difference(image, clip.frames[index], clip.boxes[index])
+            diff = mouth_difference(image, clip.frames[index], clip.boxes[index])
+            if not np.isnan(diff):  # the face wandered half out of the picture
+                out[index] = diff
     return out
 
 
@@ -151,21 +153,22 @@ async def test_mouth_follows_speech_and_av_stay_aligned(gateway) -> None:
         stats = await client.stats()
 
     changes = mouth_changes(client, clip)
-    assert len(changes) > 0.85 * n, f"only {len(changes)} of {n} frames came back"
-    intervals = speech_intervals(speech)
-    assert len(intervals) == 2
-    inside, outside, outside_t = [], [], []
+    assert len(changes) > 0.8 * n, f"only {len(changes)} of {n} frames came back"
+    intervals = speech_intervals(speech)  # the loud part (-35 dBFS): surely speech
+    extents = speech_intervals(speech, threshold_dbfs=-50)  # down to the gateway's energy gate
+    assert len(intervals) == len(extents) == 2
+    inside, outside = [], []
     for index, diff in changes.items():
         # The speech time this frame was captured with, from the client's own send times.
         t = client.video_track.sent[index] - client.speech_track.started
         if any(a + 1 / FPS <= t <= b - 1 / FPS for a, b in intervals):
             inside.append(diff)
-        elif all(t + 1 / FPS < a - 1 / FPS or t > b + HANGOVER_S + 1 / FPS for a, b in intervals):
-            outside.append(diff)
-    inside, outside = np.array(inside), np.array(outside)
+        elif all(t + 1 / FPS < a - 1 / FPS or t > b + HANGOVER_S + 1 / FPS for a, b in extents):
+            outside.append((round(t, 2), diff))
     # While speech plays the mouth is generated; in silence the face is the input's (codec noise only).
-    assert (inside > CHANGED).mean() > 0.8, (np.round(inside, 1), stats)
-    assert (outside < CHANGED).all(), (intervals, [(t, round(d)) for t, d in zip(outside_t, outside) if d >= CHANGED])
+    assert np.mean(np.array(inside) > CHANGED) > 0.8, (np.round(inside, 1), stats)
+    changed_in_silence = [(t, round(d)) for t, d in outside if not d < CHANGED]
+    assert outside and not changed_in_silence, (extents, changed_in_silence)
     # The returned audio and video are aligned to within one frame (40 ms).
     offsets = av_offsets(client, speech)
     assert len(offsets) > 0.8 * n
@@ -230,7 +233,7 @@ async def test_presenter_mode_needs_no_camera(gateway_triton, tmp_path) -> None:
 
 
 async def test_no_face_in_view_passes_video_through(gateway) -> None:
-    speech = bursts("nobody is in the picture", gap_s=0.5)
+    speech = bursts("nobody is in the picture", "still nobody here", gap_s=0.5)
     n = int(len(speech) / CLOCK_RATE * FPS)
     empty = [frame_without_face(SIZE, seed=i % 3) for i in range(n)]
     async with GatewayClient(gateway.url) as client:
@@ -238,12 +241,12 @@ async def test_no_face_in_view_passes_video_through(gateway) -> None:
         await stream(client, n / FPS)
         stats = await client.stats()
     returned = {index: image for _, index, image in client.received.video if index is not None and index < n}
-    assert len(returned) > 0.85 * n
+    assert len([i for i in returned if i >= FPS]) > 0.8 * (n - FPS)  # the first second may go to start-up
     # Everything below the index stamp equals the input up to VP8's loss.
     diffs = [
         np.abs(image[BLOCK_ROWS:].astype(np.float32) - empty[i][BLOCK_ROWS:]).mean() for i, image in returned.items()
     ]
-    assert max(diffs) < 8.0, max(diffs)
+    assert np.median(diffs) < 8.0 and max(diffs) < CHANGED, np.round(diffs, 1)
     assert set(stats["outcomes"]) == {"no_face"}, stats
 
 
@@ -294,7 +297,7 @@ async def test_peer_that_disappears_is_cleaned_up_while_others_go_on(gateway) ->
 
 
 async def test_video_passes_through_while_triton_is_down(gateway_repository) -> None:
-    speech = np.concatenate([espeak("one two three four five six seven eight nine ten")] * 4)
+    speech = np.concatenate([espeak("one two three four five six seven eight nine ten")] * 8)
     n = int(len(speech) / CLOCK_RATE * FPS)
     clip = make_moving_face_clip(n, SIZE, FPS)
     with EmbeddedTritonServer(gateway_repository) as server:
@@ -312,7 +315,7 @@ async def test_video_passes_through_while_triton_is_down(gateway_repository) -> 
                 await loop.run_in_executor(None, server.start)
                 await loop.run_in_executor(None, server.wait_ready)
                 ready = loop.time()
-                await asyncio.sleep(max(0.0, n / FPS - (ready - stopped) - 3.0) + 2.5)
+                await asyncio.sleep(4.0 + gateway_config().delay_ms() / 1000)
                 stats = await client.stats()
         finally:
             await running.runner.cleanup()
@@ -324,6 +327,6 @@ async def test_video_passes_through_while_triton_is_down(gateway_repository) -> 
     assert len(down) > 2 * FPS, len(down)
     assert max(down) < CHANGED, np.round(down, 1)
     # Once it is back, speech moves the mouth again.
-    back = [d for i, d in changes.items() if sent[i] >= ready + 1.0]
+    back = [d for i, d in changes.items() if ready + 1.0 <= sent[i] <= ready + 4.0]
     assert (np.array(back) > CHANGED).sum() > FPS // 2, (np.round(back, 1), stats)
     assert stats["outcomes"].get("backend_unavailable", 0) > 0, stats

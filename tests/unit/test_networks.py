@@ -95,6 +95,35 @@ def test_generator_is_per_sample_in_eval_mode():
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+def test_generator_skip_connections_put_the_decoder_output_first():
+    # Released weights only work with the release's wiring: decoder block i sees
+    # cat(decoder output i-1, encoder output 7-i), and the audio embedding enters decoder block 0.
+    torch.manual_seed(0)
+    model = Wav2Lip(Wav2LipConfig(width=0.25)).eval()
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        return lambda module, args, out: seen.__setitem__(name, out)
+
+    def keep_input(name):
+        return lambda module, args: seen.__setitem__(name, args[0])
+
+    model.audio_encoder.register_forward_hook(keep("audio"))
+    for i in range(7):
+        model.face_encoder_blocks[i].register_forward_hook(keep(f"enc{i}"))
+        model.face_decoder_blocks[i].register_forward_hook(keep(f"dec{i}"))
+        model.face_decoder_blocks[i].register_forward_pre_hook(keep_input(f"dec{i}_in"))
+    model.output_block.register_forward_pre_hook(keep_input("out_in"))
+    with torch.inference_mode():
+        model(torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96))
+
+    assert torch.equal(seen["dec0_in"], seen["audio"])
+    inputs = [seen[f"dec{i}_in"] for i in range(1, 7)] + [seen["out_in"]]
+    for i, x in enumerate(inputs):
+        dec, enc = seen[f"dec{i}"], seen[f"enc{6 - i}"]
+        assert torch.equal(x, torch.cat((dec, enc), dim=1)), f"input after decoder block {i}"
+
+
 def test_generator_rejects_time_folded_inputs():
     model = Wav2Lip(Wav2LipConfig(width=0.25))
     with pytest.raises(ValueError, match="4-D"):
