@@ -129,11 +129,6 @@ def measure_onnxruntime(onnx_path: Path, width: float, plan: Plan) -> list[Row]:
     return rows
 
 
-def executed(backend: TritonBackend) -> dict[int, int]:
-    (model,) = backend.statistics()["model_stats"]
-    return {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in model.get("batch_stats", [])}
-
-
 def delta(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {b: n - before.get(b, 0) for b, n in sorted(after.items()) if n - before.get(b, 0) > 0}
 
@@ -151,10 +146,10 @@ def measure_triton_batches(backend: TritonBackend, width: float, plan: Plan) -> 
             tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.dtype)
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
-        before = executed(backend)
+        before = backend.batch_executions()
         latencies = timed_calls(lambda inputs=inputs: client.infer(backend.model, inputs), plan.seconds / 2)
         rows.append(row_from("batch", "triton", width, batch, latencies, batching="dynamic",
-                             executed_batches=delta(executed(backend), before)))  # fmt: skip
+                             executed_batches=delta(backend.batch_executions(), before)))  # fmt: skip
     client.close()
     return rows
 
@@ -182,7 +177,7 @@ async def closed_loop(backend: TritonBackend, concurrency: int, seconds: float) 
 def measure_triton_concurrency(backend: TritonBackend, width: float, plan: Plan, batching: str) -> list[Row]:
     rows = []
     for concurrency in plan.concurrency:
-        before = executed(backend)
+        before = backend.batch_executions()
 
         async def run(concurrency: int = concurrency) -> tuple[list[float], float]:
             try:
@@ -193,7 +188,7 @@ def measure_triton_concurrency(backend: TritonBackend, width: float, plan: Plan,
         latencies, elapsed = asyncio.run(run())
         p50, p99 = percentiles(latencies)
         rows.append(Row("concurrency", "triton", width, 1, concurrency, batching, len(latencies), p50, p99,
-                        fps=len(latencies) / elapsed, executed_batches=delta(executed(backend), before)))  # fmt: skip
+                        fps=len(latencies) / elapsed, executed_batches=delta(backend.batch_executions(), before)))  # fmt: skip
     return rows
 
 

@@ -48,6 +48,8 @@ ARTIFACTS = {
 }
 _LOG_TAIL_LINES = 60
 _LOG_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO}
+# What this CUDA-enabled build says on every start on a machine without a GPU: expected, not a problem.
+_NO_GPU_NOISE = ("CudaDriverHelper has not been initialized", "pinned memory", "CUDA driver version is insufficient")
 
 
 _RUNNING: set[EmbeddedTritonServer] = set()
@@ -268,6 +270,8 @@ class EmbeddedTritonServer:
             self._log_tail.append(line)
             # Triton prefixes its lines with E/W/I and the date; the rest (start-up tables) is detail.
             level = _LOG_LEVELS.get(line[0], logging.INFO) if line[1:5].isdigit() else logging.DEBUG
+            if level >= logging.WARNING and any(text in line for text in _NO_GPU_NOISE):
+                level = logging.DEBUG
             server_log.log(level, "%s", line)
 
     def _get(self, path: str, timeout: float = 2.0) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from client import contract
+from client.face_crop import CropRegion
 
 CLOCK_RATE = contract.SAMPLE_RATE
 
@@ -50,7 +51,7 @@ class FaceFrame:
     """A video frame after face tracking: where the face is and the model's face input, if any."""
 
     video: VideoFrame
-    region: object | None  # client.face_crop.CropRegion; None when no face is in view
+    region: CropRegion | None  # None when no face is in view
     face_input: np.ndarray | None  # (6, 96, 96) float32
     track_s: float  # seconds spent tracking and cropping
 

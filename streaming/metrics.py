@@ -47,6 +47,10 @@ class SessionStats:
         span = self.out_times[-1] - self.out_times[0]
         return (len(self.out_times) - 1) / span if span > 0 else 0.0
 
+    def samples(self) -> dict[str, list[float]]:
+        """The recent per-frame seconds of every stage (bounded), for pooling across sessions."""
+        return {stage: list(values) for stage, values in self.stage_s.items()}
+
     def summary(self) -> dict[str, object]:
         def ms(stage: str, q: float) -> float | None:
             value = percentile(self.stage_s[stage], q)
@@ -57,6 +61,7 @@ class SessionStats:
             "uptime_s": round(time.monotonic() - self.started, 2),
             "mouth_ms": {"p50": ms("mouth", 50), "p95": ms("mouth", 95), "p99": ms("mouth", 99)},
             "stages_ms_p50": {s: ms(s, 50) for s in STAGES},
+            "stages_ms": {s: {"p50": ms(s, 50), "p95": ms(s, 95), "p99": ms(s, 99)} for s in STAGES},
             "added_delay_ms": self.delay_ms,
             "fps": round(self.fps(), 2),
             "frames_out": self.frames_out,

@@ -52,14 +52,19 @@ def read_index(image: np.ndarray) -> int | None:
 
 
 class ClipVideoTrack(MediaStreamTrack):
-    """Plays BGR frames at `fps` in real time, each stamped with its index; then holds the last one."""
+    """Plays BGR frames at `fps` in real time, each stamped with its send index.
+
+    After the last frame it holds that one (`loop=False`) or starts over (`loop=True`); frame i
+    shows frames[i] or frames[i % len(frames)], stamped with i either way.
+    """
 
     kind = "video"
 
-    def __init__(self, frames: list[np.ndarray], fps: float = 25.0) -> None:
+    def __init__(self, frames: list[np.ndarray], fps: float = 25.0, *, loop: bool = False) -> None:
         super().__init__()
-        self.frames = [stamp_index(f, i) for i, f in enumerate(frames)]
+        self.frames = frames
         self.fps = fps
+        self.loop = loop
         self.sent: dict[int, float] = {}  # index -> time.monotonic() when handed to the encoder
         self._start: float | None = None
         self._i = 0
@@ -72,8 +77,9 @@ class ClipVideoTrack(MediaStreamTrack):
         wait = self._start + i / self.fps - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        index = min(i, len(self.frames) - 1)
-        frame = av.VideoFrame.from_ndarray(self.frames[index], format="bgr24")
+        n = len(self.frames)
+        index = i if self.loop else min(i, n - 1)
+        frame = av.VideoFrame.from_ndarray(stamp_index(self.frames[index % n], index), format="bgr24")
         frame.pts = round(i * 90_000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90_000)
         self.sent.setdefault(index, time.monotonic())
@@ -81,15 +87,16 @@ class ClipVideoTrack(MediaStreamTrack):
 
 
 class SpeechTrack(MediaStreamTrack):
-    """Plays float32 16 kHz speech as 20 ms frames of 48 kHz s16 mono, in real time; silence after it."""
+    """Plays float32 16 kHz speech as 20 ms frames of 48 kHz s16 mono, in real time; then silence, or again."""
 
     kind = "audio"
 
-    def __init__(self, speech: np.ndarray) -> None:
+    def __init__(self, speech: np.ndarray, *, loop: bool = False) -> None:
         super().__init__()
         from client.audio import resample
 
         self.samples = (np.clip(resample(speech, CLOCK_RATE, 48_000), -1, 1) * 32767).astype(np.int16)
+        self.loop = loop
         self.started: float | None = None
         self._n = 0
 
@@ -99,7 +106,10 @@ class SpeechTrack(MediaStreamTrack):
         wait = self.started + self._n / 48_000 - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        chunk = self.samples[self._n : self._n + 960]
+        start = self._n % len(self.samples) if self.loop else self._n
+        chunk = self.samples[start : start + 960]
+        if self.loop and len(chunk) < 960:
+            chunk = np.concatenate([chunk, self.samples[: 960 - len(chunk)]])
         chunk = np.pad(chunk, (0, 960 - len(chunk)))
         frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
         frame.sample_rate = 48_000
@@ -152,14 +162,16 @@ class GatewayClient:
         fps: float = 25.0,
         speech_mode: str = "microphone",
         mode: str = "camera",
+        loop: bool = False,
     ) -> None:
+        """Offer to the gateway: the clip as camera (None: receive only), the speech as microphone."""
         if frames is not None:
-            self.video_track = ClipVideoTrack(frames, fps)
+            self.video_track = ClipVideoTrack(frames, fps, loop=loop)
             self.pc.addTrack(self.video_track)
         else:
             self.pc.addTransceiver("video", direction="recvonly")
         if speech is not None and speech_mode == "microphone":
-            self.speech_track = SpeechTrack(speech)
+            self.speech_track = SpeechTrack(speech, loop=loop)
             self.pc.addTrack(self.speech_track)
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
@@ -208,11 +220,10 @@ class GatewayClient:
         async with aiohttp.ClientSession() as http, http.post(url, data=pcm, headers=self.headers) as resp:
             return {"status": resp.status, **(await resp.json())}
 
-    async def stats(self) -> dict:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{self.base_url}/sessions/{self.session_id}/stats", headers=self.headers) as resp,
-        ):
+    async def stats(self, samples: bool = False) -> dict:
+        """The gateway's figures for this session (with the raw per-frame stage times if `samples`)."""
+        url = f"{self.base_url}/sessions/{self.session_id}/stats" + ("?samples=1" if samples else "")
+        async with aiohttp.ClientSession() as http, http.get(url, headers=self.headers) as resp:
             return await resp.json()
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ from streaming.ice import allow_loopback_candidates, rtc_configuration
 from streaming.inference import FrameInference
 from streaming.metrics import GatewayObserver
 from streaming.presenter import PresenterSource
-from streaming.session import Session, SessionOptions
+from streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
 from streaming.speech_source import SpeechRefused
 from streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 OFFER_KEYS = {"sdp", "type", "speech", "mode"}
-SPEECH_MODES = ("microphone", "push")
-VIDEO_MODES = ("camera", "presenter")
 
 
 class ApiError(web.HTTPException):
@@ -134,9 +132,13 @@ class Gateway:
 
     async def _shutdown(self, _app: web.Application) -> None:
         await asyncio.gather(*(self.close_session(sid) for sid in list(self.peers)), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The owned tasks are session closings: let them finish (cancelling one inside aiortc's
+        # pc.close() breaks its shared close future), and cancel only what hangs.
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._backend is not None:
             await self._backend.aclose()
 
@@ -182,7 +184,7 @@ class Gateway:
                 "max_sessions": self.config.max_sessions,
                 "backend": self._backend.name if self._backend else None,
                 "backend_available": bool(self.inference and self.inference.available),
-                "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_MODES},
+                "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_SOURCES},
                 "presenter": self.presenter is not None,
             }
         )
@@ -221,10 +223,10 @@ class Gateway:
             raise ApiError(413, f"SDP of {len(sdp.encode())} bytes is over the {self.config.max_sdp_bytes}-byte limit")
         speech = data.get("speech", "microphone")
         mode = data.get("mode", "camera")
-        if speech not in SPEECH_MODES:
-            raise ApiError(400, f"'speech' must be one of {list(SPEECH_MODES)}, got {speech!r}")
-        if mode not in VIDEO_MODES:
-            raise ApiError(400, f"'mode' must be one of {list(VIDEO_MODES)}, got {mode!r}")
+        if speech not in SPEECH_SOURCES:
+            raise ApiError(400, f"'speech' must be one of {list(SPEECH_SOURCES)}, got {speech!r}")
+        if mode not in VIDEO_SOURCES:
+            raise ApiError(400, f"'mode' must be one of {list(VIDEO_SOURCES)}, got {mode!r}")
         if mode == "presenter" and self.presenter is None:
             raise ApiError(400, "presenter mode needs --presenter_image or --presenter_clip on the gateway")
         return sdp, SessionOptions(speech=speech, mode=mode)
@@ -295,7 +297,10 @@ class Gateway:
     async def stats(self, request: web.Request) -> web.Response:
         self._authorize(request)
         peer = self._peer(request)
-        summary = self.observer.sessions[peer.session.id].summary() if peer.session.id in self.observer.sessions else {}
+        stats = self.observer.sessions.get(peer.session.id)
+        summary = stats.summary() if stats is not None else {}
+        if stats is not None and request.query.get("samples") in ("1", "true"):
+            summary["samples_s"] = stats.samples()  # raw per-frame seconds, for the benchmark
         summary.update(
             speech=peer.session.options.speech,
             mode=peer.session.options.mode,

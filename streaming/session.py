@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.blend import blend_face
-from client.face_crop import crop_face, model_face_input, pad_box
+from client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from client.face_tracking import FaceTracker
 from streaming.av_sync import AvSynchronizer, MediaClock
 from streaming.config import GatewayConfig
@@ -43,15 +43,17 @@ class FaceProcessor:
     def __init__(self, tracker: FaceTracker | None = None) -> None:
         self.tracker = tracker if tracker is not None else FaceTracker()
 
-    def locate(self, image: np.ndarray) -> tuple[object | None, np.ndarray | None]:
+    def locate(
+        self, image: np.ndarray, timestamp_s: float | None = None
+    ) -> tuple[CropRegion | None, np.ndarray | None]:
         """(crop region, (6,96,96) model face input), or (None, None) when no face is in view."""
-        box = self.tracker.update(image)
+        box = self.tracker.update(image, timestamp_s)
         if box is None:
             return None, None
         region = pad_box(box, image.shape)
         return region, model_face_input(crop_face(image, region))
 
-    def blend(self, image: np.ndarray, generated: np.ndarray, region: object) -> np.ndarray:
+    def blend(self, image: np.ndarray, generated: np.ndarray, region: CropRegion) -> np.ndarray:
         return blend_face(image, generated, region)
 
     def reset(self) -> None:
@@ -63,12 +65,22 @@ class FaceProcessor:
         self.reset()
 
 
+SPEECH_SOURCES = ("microphone", "push")
+VIDEO_SOURCES = ("camera", "presenter")
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     """What the peer asked for in its offer."""
 
-    speech: str = "microphone"  # "microphone" | "push"
-    mode: str = "camera"  # "camera" | "presenter"
+    speech: str = "microphone"  # the peer's audio track, or PCM pushed to /speech/{id}
+    mode: str = "camera"  # the peer's video track, or the gateway's presenter face
+
+    def __post_init__(self) -> None:
+        if self.speech not in SPEECH_SOURCES:
+            raise ValueError(f"speech must be one of {list(SPEECH_SOURCES)}, got {self.speech!r}")
+        if self.mode not in VIDEO_SOURCES:
+            raise ValueError(f"mode must be one of {list(VIDEO_SOURCES)}, got {self.mode!r}")
 
 
 class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
@@ -97,7 +109,9 @@ class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
     async def process(self, frame: VideoFrame) -> FaceFrame:
         await self.warmed.wait()
         start = time.perf_counter()
-        region, face_input = await asyncio.get_running_loop().run_in_executor(None, self._faces.locate, frame.image)
+        region, face_input = await asyncio.get_running_loop().run_in_executor(
+            None, self._faces.locate, frame.image, clock_to_seconds(frame.pts)
+        )
         if self._had_face and region is None:
             self._observer.face_lost(self._session)
         self._had_face = region is not None

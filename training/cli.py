@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"lipsync-train {args.command}: error: {exc}\n")
     except ValueError as exc:  # CheckpointError, CorpusError: setup errors with a message that names the culprit
         logger.error("%s", exc)
+        logger.debug("where it was raised", exc_info=True)  # -v shows the traceback
         return 2
 
 

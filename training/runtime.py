@@ -43,27 +43,26 @@ class Dist:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a cuda device without CUDA is an error."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     return torch.device(name)
 
 
 def setup_distributed(device: str, torch_threads: int = 0) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1; otherwise a single process."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (one GPU per process); otherwise a single process."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(0, 1, 0, resolve_device(device))
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device if device != "auto" or torch.cuda.is_available() else "cpu", local_rank)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
     if dev.type == "cuda":
-        if dev.index is None or device.startswith("cuda") and ":" not in device:
-            dev = torch.device(f"cuda:{local_rank}")
+        dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
@@ -180,7 +179,6 @@ class MetricsLog:
     def __init__(self, path: str | Path, enabled: bool = True) -> None:
         self.path = Path(path)
         self.enabled = enabled
-        self.t0 = time.time()
         if enabled and not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as f:
@@ -194,6 +192,16 @@ class MetricsLog:
             w = csv.writer(f)
             for name, value in values.items():
                 w.writerow((step, now, split, name, f"{float(value):.6g}"))
+
+    def drop_after(self, step: int) -> None:
+        """Forget rows past `step`: a run resumed from an earlier checkpoint logs those steps again."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows = [r for r in read_metrics(self.path) if int(r["step"]) <= step]
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w.writeheader()
+            w.writerows(rows)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
@@ -360,6 +368,7 @@ class TrainLoop:
         extra = dict(ckpt.get("extra") or {})
         self.last_eval = dict(extra.get("last_eval") or {})
         self.load_extra(extra, path)
+        self.metrics.drop_after(self.step)
         logger.info("resumed %s from %s at step %d", self.name, path, self.step)
 
     # ---- the loop ----

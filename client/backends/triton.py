@@ -257,6 +257,22 @@ class TritonBackend(LipSyncBackend):
         except InferenceServerException as exc:
             raise self._translate(exc, client) from exc
 
+    def batch_executions(self, settle_s: float = 1.0) -> dict[int, int]:
+        """How many times the server ran the model at each batch size so far.
+
+        Triton counts an execution just after it answers, so this reads until two reads agree (at most
+        `settle_s`): a request that just returned is then counted.
+        """
+        previous = None
+        deadline = time.monotonic() + settle_s
+        while True:
+            (model,) = self.statistics()["model_stats"]
+            counts = {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in model.get("batch_stats", [])}
+            if counts == previous or time.monotonic() > deadline:
+                return counts
+            previous = counts
+            time.sleep(0.05)
+
     def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None

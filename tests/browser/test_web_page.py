@@ -17,8 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
+from client import contract
+from client.backends.onnxruntime import OnnxRuntimeBackend
 from streaming.config import GatewayConfig
 from streaming.server import Gateway
+from tests.integration.conftest import triton_repository  # noqa: F401 - the shared random-weight model export
 from tests.media import moving_face_clip
 
 pytestmark = [
@@ -63,6 +66,12 @@ def write_speech_wav(path: Path, text: str) -> None:
 
 
 @pytest.fixture
+def lipsync_backend(triton_repository: Path) -> OnnxRuntimeBackend:  # noqa: F811
+    """The in-process backend (the gateway's no-server option) on the shared test model, one thread."""
+    return OnnxRuntimeBackend(triton_repository / contract.EMBEDDED_MODEL / "1" / "model.onnx", threads=1)
+
+
+@pytest.fixture
 def fake_media(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -77,7 +86,8 @@ async def test_page_connects_shows_video_and_figures(fake_media, lipsync_backend
     from aiohttp import web
 
     video, audio = fake_media
-    gateway = Gateway(GatewayConfig(port=unused_tcp_port, ice_loopback=True), backend=lipsync_backend)
+    config = GatewayConfig(backend="onnxruntime", port=unused_tcp_port, ice_loopback=True, compute_budget_ms=500)
+    gateway = Gateway(config, backend=lipsync_backend)
     runner = web.AppRunner(gateway.app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()

@@ -40,12 +40,6 @@ def reference(triton_server: TritonDeployment) -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend(triton_server.onnx_path)
 
 
-def batch_counts(backend: TritonBackend) -> dict[int, int]:
-    """Executions per batch size so far, from Triton's own statistics."""
-    (model,) = backend.statistics()["model_stats"]
-    return {int(s["batch_size"]): int(s["compute_infer"]["count"]) for s in model.get("batch_stats", [])}
-
-
 def test_outputs_equal_in_process_onnxruntime(triton_server: TritonDeployment, reference: OnnxRuntimeBackend) -> None:
     mel, faces = real_inputs(12, seed=1)
     want = reference.infer(mel, faces)
@@ -78,7 +72,7 @@ async def test_concurrent_frames_from_several_sessions_are_batched(
 ) -> None:
     sessions, frames = 4, 12
     backend = TritonBackend(triton_server.grpc_url)
-    before = batch_counts(backend)
+    before = await asyncio.to_thread(backend.batch_executions)
     inputs = [random_inputs(frames, seed=10 + s) for s in range(sessions)]
 
     async def session(mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -92,7 +86,7 @@ async def test_concurrent_frames_from_several_sessions_are_batched(
 
     try:
         outputs = await asyncio.gather(*(session(mel, faces) for mel, faces in inputs))
-        after = batch_counts(backend)
+        after = await asyncio.to_thread(backend.batch_executions)
     finally:
         await backend.aclose()
     for (mel, faces), got in zip(inputs, outputs, strict=True):

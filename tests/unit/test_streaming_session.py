@@ -44,8 +44,8 @@ class KnownFaceProcessor(FaceProcessor):
         super().__init__(FaceTracker(FixedBoxDetector(ASTRONAUT_FACE_BOX)))
         self.face = face
 
-    def locate(self, image: np.ndarray):
-        return super().locate(image) if image is self.face else (None, None)
+    def locate(self, image: np.ndarray, timestamp_s: float | None = None):
+        return super().locate(image, timestamp_s) if image is self.face else (None, None)
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -139,3 +139,16 @@ async def test_backend_down_passes_frames_through_and_recovers() -> None:
     assert {o.outcome for o in first if o.video.index >= 8} == {"backend_unavailable"}
     assert all(np.array_equal(o.image, o.video.image) for o in first)
     assert any(o.outcome == "generated" for o in second[-10:])
+
+
+async def test_frames_over_the_size_limit_are_dropped_and_counted() -> None:
+    face = astronaut_bgr()
+    session, observer = make_session(GreyMouthBackend(), KnownFaceProcessor(face), max_frame_width=640,
+                                     max_frame_height=480)  # fmt: skip
+    try:
+        assert not session.submit_video(np.zeros((720, 1280, 3), np.uint8))
+        assert not session.submit_video(np.zeros((48, 64), np.uint8))  # not a BGR picture
+        assert session.submit_video(face)
+        assert observer.sessions[session.id].drops["bad_size"] == 2
+    finally:
+        await session.aclose()

@@ -109,7 +109,10 @@ def test_mouth_region_changes_with_visemes_and_the_upper_face_does_not() -> None
     from training.data.synthetic.visemes import VISEMES
 
     face, camera, pose = _still_face()
-    frames = {v: camera.compose(face.canvas(np.array(VISEMES[v].target, np.float32)), pose, camera_effects=False) for v in ("rest", "PBM", "AA", "EE", "OO", "FV")}
+    frames = {
+        v: camera.compose(face.canvas(np.array(VISEMES[v].target, np.float32)), pose, camera_effects=False)
+        for v in ("rest", "PBM", "AA", "EE", "OO", "FV")
+    }
     lm = camera.landmarks(pose)
     mouth_y = int(lm["mouth"][1])
     nose_y = int(lm["nose"][1])
@@ -133,11 +136,36 @@ def test_mouth_region_changes_with_visemes_and_the_upper_face_does_not() -> None
     assert dark("AA") > 40 and dark("PBM") < 5 and dark("rest") < 5
 
 
+def test_rendered_mouth_opens_with_the_speech() -> None:
+    """Dark open-mouth pixels in the rendered frames follow the viseme track and the audio energy."""
+    _espeak_or_skip()
+    from training.data.synthetic.clip import ClipRenderer, prepare_speech
+    from training.data.synthetic.identity import sample_identity
+    from training.data.synthetic.renderer import sample_scene
+    from training.data.synthetic.visemes import mouth_openness
+
+    rng = np.random.default_rng(2)
+    speech = prepare_speech(espeak.synthesize("Wow, a big apple pie!", Voice("en-us", "f2", 150)), rng, noise=False)
+    clip = ClipRenderer(sample_identity(2, 2), sample_scene(rng, (256, 256), still=True), speech, 2)
+    lm = clip.camera.landmarks(clip.poses[0])
+    mx, my = (int(v) for v in lm["mouth"])
+    dark = []
+    for k in range(len(clip)):
+        roi = clip.frame(k, camera_effects=False).image[my - 10 : my + 30, mx - 30 : mx + 30].mean(axis=2)
+        dark.append(int((roi < 0.45 * np.median(roi)).sum()))
+    dark = np.array(dark, float)
+    openness = mouth_openness(clip.track)
+    assert np.corrcoef(dark, openness)[0, 1] > 0.8
+    assert np.corrcoef(dark, _frame_energy(speech.audio, len(clip)))[0, 1] > 0.4
+
+
 def test_splits_keep_identities_and_voices_apart() -> None:
     from training.data.synthetic.corpus import CorpusConfig, plan_corpus
 
     variants = [""] + [f"v{i}" for i in range(40)]
-    specs, pools = plan_corpus(CorpusConfig(root="unused", clips=400, identities=60, seed=7, split=(0.8, 0.1, 0.1)), variants)
+    specs, pools = plan_corpus(
+        CorpusConfig(root="unused", clips=400, identities=60, seed=7, split=(0.8, 0.1, 0.1)), variants
+    )
     by = {s: [c for c in specs if c.split == s] for s in ("train", "val", "test")}
     assert all(by[s] for s in by) and sum(map(len, by.values())) == 400
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -148,7 +176,9 @@ def test_splits_keep_identities_and_voices_apart() -> None:
     assert len({c.voice.name for c in specs}) > 60
     assert len({c.voice.language for c in specs}) >= 10
     assert len({c.voice.rate for c in specs}) > 20 and len({c.voice.pitch for c in specs}) > 20
-    again, _ = plan_corpus(CorpusConfig(root="elsewhere", clips=400, identities=60, seed=7, split=(0.8, 0.1, 0.1)), variants)
+    again, _ = plan_corpus(
+        CorpusConfig(root="elsewhere", clips=400, identities=60, seed=7, split=(0.8, 0.1, 0.1)), variants
+    )
     assert again == specs
 
 
@@ -165,7 +195,17 @@ def test_corpus_layout_and_determinism(tmp_path: Path) -> None:
     from training.data.synthetic.corpus import CorpusConfig, generate_corpus
 
     def make(root: Path, workers: int = 1) -> dict:
-        cfg = CorpusConfig(root=str(root), clips=3, identities=6, seed=11, split=(0.34, 0.33, 0.33), min_seconds=1.0, max_seconds=1.4, frame_size=160, workers=workers)
+        cfg = CorpusConfig(
+            root=str(root),
+            clips=3,
+            identities=6,
+            seed=11,
+            split=(0.34, 0.33, 0.33),
+            min_seconds=1.0,
+            max_seconds=1.4,
+            frame_size=160,
+            workers=workers,
+        )
         return generate_corpus(cfg, progress=False)
 
     summary = make(tmp_path / "a")

@@ -195,7 +195,8 @@ class _ClipDataset(Dataset):
             frames.append(img)
         return frames
 
-    def _sample(self, index: int, attempt: int, clip: Clip, rng: np.random.Generator):  # pragma: no cover - abstract
+    def _sample(self, clip: Clip, rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
+        """One sample drawn from `clip` with `rng`, or None when the draw does not fit (drawn again)."""
         raise NotImplementedError
 
     def __getitem__(self, key: int):
@@ -208,8 +209,7 @@ class _ClipDataset(Dataset):
         n = len(self.clips)
         for attempt in range(_MAX_TRIES):
             clip = self.clips[(index // self.samples_per_clip + attempt // 4) % n]
-            rng = np.random.default_rng([self.seed, epoch, index, attempt])
-            sample = self._sample(index, attempt, clip, rng)
+            sample = self._sample(clip, np.random.default_rng([self.seed, epoch, index, attempt]))
             if sample is not None:
                 return sample
         raise CorpusError(
@@ -230,7 +230,7 @@ class ExpertDataset(_ClipDataset):
             raise ValueError(f"min_offset must be >= 1, got {min_offset}")
         self.min_offset = min_offset
 
-    def _sample(self, index: int, attempt: int, clip: Clip, rng: np.random.Generator):
+    def _sample(self, clip: Clip, rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
         mel = self.mels.get(clip.audio_path)
         audio_frame = int(rng.choice(clip.starts))
         audio = mel_window(mel, audio_frame)
@@ -263,7 +263,7 @@ class GeneratorDataset(_ClipDataset):
         super().__init__(root, split, **kwargs)
         self.mel_shift = mel_shift
 
-    def _sample(self, index: int, attempt: int, clip: Clip, rng: np.random.Generator):
+    def _sample(self, clip: Clip, rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
         mel = self.mels.get(clip.audio_path)
         start = int(rng.choice(clip.starts))
         others = [s for s in clip.starts if s != start]

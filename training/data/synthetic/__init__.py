@@ -8,17 +8,23 @@
 Command line: `lipsync-train corpus --help` or `python -m training.data.synthetic --help`.
 """
 
-from .clip import render_talking_clip
-from .corpus import CorpusConfig, generate_corpus, plan_corpus
-from .espeak import EspeakError, EspeakNotFound, Voice, synthesize
+import importlib
 
-__all__ = [
-    "CorpusConfig",
-    "EspeakError",
-    "EspeakNotFound",
-    "Voice",
-    "generate_corpus",
-    "plan_corpus",
-    "render_talking_clip",
-    "synthesize",
-]
+# Imported on first use, so that `lipsync-train --help` does not load OpenCV and SciPy.
+_EXPORTS = {
+    "render_talking_clip": "clip",
+    "CorpusConfig": "config",
+    "generate_corpus": "corpus",
+    "plan_corpus": "corpus",
+    "EspeakError": "espeak",
+    "EspeakNotFound": "espeak",
+    "Voice": "espeak",
+    "synthesize": "espeak",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,9 @@
-"""`lipsync-train corpus`: write a synthetic talking-head corpus in the preprocessed LRS2 layout."""
+"""`lipsync-train corpus`: write a synthetic talking-head corpus in the preprocessed LRS2 layout.
+
+<out>/<identity>/<clip>/{0..n-1}.jpg + audio.wav   96x96 face crops, 16 kHz mono PCM16, 25 fps
+<out>/filelists/{train,val,test}.txt                test faces and voices never seen in training
+<out>/manifest.json, <out>/clips.jsonl              config, seed, splits; one record per clip
+"""
 
 from __future__ import annotations
 
@@ -30,20 +35,46 @@ def _split(text: str) -> tuple[float, float, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .corpus import CorpusConfig  # noqa: PLC0415 - keeps --help light
+    from .config import CorpusConfig
 
     d = CorpusConfig(root="")
-    p.add_argument("--out", "--root", dest="root", required=True, help="corpus root to write (resumes an interrupted run)")
+    p.add_argument(
+        "--out", "--root", dest="root", required=True, help="corpus root to write (resumes an interrupted run)"
+    )
     p.add_argument("--clips", type=int, default=d.clips, help="number of clips (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="everything follows from it (default %(default)s)")
-    p.add_argument("--identities", type=int, default=d.identities, help="size of the population of faces (default %(default)s)")
-    p.add_argument("--split", type=_split, default=d.split, metavar="TRAIN,VAL,TEST", help="fractions of identities, voices and clips (default 0.9,0.05,0.05)")
-    p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="shortest intended clip (default %(default)s)")
-    p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="clips are cut to this length (default %(default)s)")
-    p.add_argument("--frame-size", type=int, default=d.frame_size, help="rendered full frame, square pixels (default %(default)s)")
-    p.add_argument("--crop-size", type=int, default=d.crop_size, help="saved face crops, square pixels (default %(default)s, the model's input)")
+    p.add_argument(
+        "--identities", type=int, default=d.identities, help="size of the population of faces (default %(default)s)"
+    )
+    p.add_argument(
+        "--split",
+        type=_split,
+        default=d.split,
+        metavar="TRAIN,VAL,TEST",
+        help="fractions of identities, voices and clips (default 0.9,0.05,0.05)",
+    )
+    p.add_argument(
+        "--min-seconds", type=float, default=d.min_seconds, help="shortest intended clip (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=d.max_seconds, help="clips are cut to this length (default %(default)s)"
+    )
+    p.add_argument(
+        "--frame-size", type=int, default=d.frame_size, help="rendered full frame, square pixels (default %(default)s)"
+    )
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=d.crop_size,
+        help="saved face crops, square pixels (default %(default)s, the model's input)",
+    )
     p.add_argument("--languages", default=",".join(d.languages), help=f"comma-separated, from: {','.join(LANGUAGES)}")
-    p.add_argument("--boxes", choices=("detector", "render"), default=d.boxes, help="crop boxes from the project's face tracker (as real video) or the renderer (default %(default)s)")
+    p.add_argument(
+        "--boxes",
+        choices=("detector", "render"),
+        default=d.boxes,
+        help="crop boxes from the project's face tracker (as real video) or the renderer (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="processes (default min(2, CPUs) = %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -52,7 +83,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p = subparsers.add_parser(
         "corpus",
         help="generate the synthetic talking-head corpus (LRS2 layout)",
-        description=__doc__ + "\n\nfrom training.data.synthetic.corpus:\n" + _layout_doc(),
+        description=__doc__,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,15 +92,10 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     return p
 
 
-def _layout_doc() -> str:
-    from . import corpus  # noqa: PLC0415
-
-    return corpus.__doc__ or ""
-
-
 def run(args: argparse.Namespace) -> int:
-    from .corpus import CorpusConfig, generate_corpus  # noqa: PLC0415
-    from .espeak import EspeakError  # noqa: PLC0415
+    from .config import CorpusConfig
+    from .corpus import generate_corpus
+    from .espeak import EspeakError
 
     try:
         cfg = CorpusConfig(

@@ -134,7 +134,9 @@ def render_talking_clip(
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1C]))
     identity = sample_identity(seed, int(rng.integers(1_000_000)))
-    voice = voice or Voice("en-us", str(rng.choice(["", "m3", "f2", "f4", "m7"])), int(rng.integers(150, 185)), int(rng.integers(35, 65)))
+    voice = voice or Voice(
+        "en-us", str(rng.choice(["", "m3", "f2", "f4", "m7"])), int(rng.integers(150, 185)), int(rng.integers(35, 65))
+    )
     speech = prepare_speech(synthesize(text, voice), rng, fps, noise=False)
     scene = sample_scene(rng, size, still=still)
     clip = ClipRenderer(identity, scene, speech, int(rng.integers(2**31)))

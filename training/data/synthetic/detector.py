@@ -44,7 +44,9 @@ class ClipBoxes:
         self.source = "client.face_tracking" if mode == "detector" else "render"
         self.tracker = None
         if mode == "detector":
-            self.tracker = FaceTracker(config=TrackerConfig(detect_every=1, max_missed=0, smoothing=TRACKER_SMOOTHING, fps=fps))
+            self.tracker = FaceTracker(
+                config=TrackerConfig(detect_every=1, max_missed=0, smoothing=TRACKER_SMOOTHING, fps=fps)
+            )
 
     def start_clip(self) -> None:
         if self.tracker is not None:

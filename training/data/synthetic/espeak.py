@@ -1,9 +1,10 @@
-"""Speech with phoneme timings from libespeak-ng, through ctypes (no dev headers needed).
+"""Speech with phoneme timings from libespeak-ng (Debian's espeak-ng), through ctypes.
 
-libespeak-ng keeps state from one utterance to the next, so every utterance is spoken by a freshly
-initialised library in a forked child (about 5 ms): the same text and voice always give the same
-samples. Linux/macOS only (fork). Audio is resampled from espeak's native rate (22050 Hz) to 16 kHz with a polyphase filter, and every
-phoneme event keeps its position as a 16 kHz sample index.
+The library is driven by `espeak_server.py`, a small single-threaded process that speaks every
+utterance with a freshly initialised library (libespeak-ng carries state from one utterance to the
+next), so the same text and voice always give the same samples. Audio comes back at espeak's native
+rate (22050 Hz) and is resampled to 16 kHz with a polyphase filter; every phoneme event keeps its
+position as a 16 kHz sample index. Linux/macOS (the server forks).
 """
 
 from __future__ import annotations
@@ -11,30 +12,33 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import pickle
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
+
+from . import espeak_server
+from .espeak_server import INSTALL_HINT
 
 SAMPLE_RATE = 16_000
-
-# Values from speak_lib.h (espeak-ng 1.51).
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_PHONEME_EVENTS = 0x0001
-_INITIALIZE_DONT_EXIT = 0x8000
-_EVENT_LIST_TERMINATED = 0
-_EVENT_WORD = 1
-_EVENT_PHONEME = 7
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
-_EE_OK = 0
-
-INSTALL_HINT = "install it with: apt-get install -y espeak-ng libespeak-ng1 (Debian/Ubuntu)"
 LIBRARY_ENV = "LIPSYNC_ESPEAK_LIBRARY"
+__all__ = [
+    "INSTALL_HINT",
+    "LIBRARY_ENV",
+    "SAMPLE_RATE",
+    "Espeak",
+    "EspeakError",
+    "EspeakNotFound",
+    "Phoneme",
+    "Speech",
+    "Voice",
+    "find_library",
+    "list_variants",
+    "synthesize",
+]
 
 
 class EspeakError(RuntimeError):
@@ -43,26 +47,6 @@ class EspeakError(RuntimeError):
 
 class EspeakNotFound(EspeakError):
     """libespeak-ng (or its voice data) is not installed."""
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @dataclass(frozen=True)
@@ -116,124 +100,17 @@ def find_library() -> str:
     return ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
 
 
-def load_library(path: str | None = None) -> ctypes.CDLL:
-    path = path or find_library()
-    try:
-        lib = ctypes.CDLL(path)
-    except OSError as exc:
-        raise EspeakNotFound(f"libespeak-ng could not be loaded ({path!r}: {exc}); {INSTALL_HINT}") from exc
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_uint,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.c_uint,
-        ctypes.POINTER(ctypes.c_uint),
-        ctypes.c_void_p,
-    ]
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_Synchronize.argtypes = []
-    lib.espeak_Synchronize.restype = ctypes.c_int
-    return lib
-
-
-class _Collector:
-    """Gathers what libespeak-ng's synthesis callback hands over."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.events: list[tuple[int, int, bytes]] = []
-        self.callback = _SynthCallback(self._on_synth)  # kept referenced: espeak holds the pointer
-
-    def _on_synth(self, wav, numsamples, events) -> int:
-        if numsamples > 0 and wav:
-            self.chunks.append(ctypes.string_at(wav, numsamples * 2))
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            ev = events[i]
-            if ev.type == _EVENT_PHONEME:
-                self.events.append((_EVENT_PHONEME, ev.sample, bytes(ev.id.string).split(b"\0", 1)[0]))
-            elif ev.type == _EVENT_WORD:
-                self.events.append((_EVENT_WORD, ev.sample, b""))
-            i += 1
-        return 0  # continue synthesis
-
-
-def _synthesize_fresh(library: str, text: str, voice: Voice | None) -> dict:
-    """Initialise libespeak-ng and speak once (run in a fresh child: the library keeps state)."""
-    lib = load_library(library)
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT)
-    if rate <= 0:
-        return {"error": "not_found", "message": f"espeak_Initialize failed (returned {rate}): is espeak-ng-data installed? {INSTALL_HINT}"}
-    if voice is None:
-        return {"rate": int(rate), "pcm": b"", "events": []}
-    collector = _Collector()
-    lib.espeak_SetSynthCallback(collector.callback)
-    if lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
-        return {"error": "voice", "message": f"espeak-ng has no voice {voice.name!r} (see `espeak-ng --voices`)"}
-    for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch), (_PARAM_RANGE, voice.pitch_range), (_PARAM_VOLUME, 100)):
-        lib.espeak_SetParameter(param, int(value), 0)
-    data = text.encode("utf-8") + b"\0"
-    buf = ctypes.create_string_buffer(data, len(data))
-    err = lib.espeak_Synth(buf, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-    lib.espeak_Synchronize()
-    if err != _EE_OK:
-        return {"error": "synth", "message": f"espeak_Synth failed with error {err} for voice {voice.name!r}"}
-    return {"rate": int(rate), "pcm": b"".join(collector.chunks), "events": collector.events}
-
-
-def _in_child(fn, *args) -> dict:
-    """Run fn(*args) in a forked child and return its (picklable) result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the caller's code
-        code = 0
-        try:
-            os.close(r)
-            try:
-                payload = pickle.dumps(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                payload = pickle.dumps({"error": "exception", "message": f"{type(exc).__name__}: {exc}"})
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(w, view) :]
-        except BaseException:  # noqa: BLE001
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    with os.fdopen(r, "rb") as f:
-        while chunk := f.read(1 << 20):
-            chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    if not chunks:
-        raise EspeakError(f"the espeak-ng child process died (wait status {status})")
-    return pickle.loads(b"".join(chunks))
-
-
 class Espeak:
-    """The synthesizer. Each utterance is spoken by a freshly initialised libespeak-ng in a forked
-    child: the library carries state from one utterance to the next (its pitch flutter, its noise
-    generator), so only a fresh one says the same text the same way every time: determinism."""
+    """A client of one espeak server process; thread-safe, one request at a time."""
 
     _instance: Espeak | None = None
     _instance_lock = threading.Lock()
 
     def __init__(self, library: str | None = None) -> None:
         self.library = library or find_library()
-        load_library(self.library)  # raises EspeakNotFound with the install hint
-        probe = _in_child(_synthesize_fresh, self.library, "", None)
-        self._raise_for(probe)
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        probe = self._request("", None)  # raises EspeakNotFound with the install hint
         self.native_rate = int(probe["rate"])
         ratio = Fraction(SAMPLE_RATE, self.native_rate)
         self._up, self._down = ratio.numerator, ratio.denominator
@@ -245,15 +122,41 @@ class Espeak:
                 cls._instance = cls()
             return cls._instance
 
-    @staticmethod
-    def _raise_for(result: dict) -> None:
-        if "error" in result:
-            raise (EspeakNotFound if result["error"] == "not_found" else EspeakError)(result["message"])
+    def _start(self) -> subprocess.Popen:
+        # -I: the server needs nothing but the standard library, and no PYTHON* settings
+        cmd = [sys.executable, "-I", espeak_server.__file__]
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _request(self, text: str, voice: Voice | None) -> dict:
+        payload = (
+            self.library,
+            text,
+            None if voice is None else (voice.name, voice.rate, voice.pitch, voice.pitch_range),
+        )
+        with self._lock:
+            for attempt in (0, 1):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._start()
+                try:
+                    espeak_server.write_frame(self._proc.stdin, payload)
+                    reply = espeak_server.read_frame(self._proc.stdout)
+                except (BrokenPipeError, OSError):
+                    reply = None
+                if reply is not None:
+                    break
+                self._proc.kill()
+                self._proc = None
+                if attempt:
+                    raise EspeakError("the espeak server process died twice in a row")
+        if "error" in reply:
+            raise (EspeakNotFound if reply["error"] == "not_found" else EspeakError)(reply["message"])
+        return reply
 
     def synthesize(self, text: str, voice: Voice) -> Speech:
         """Speak `text` with `voice`; raise EspeakError for an unknown voice or a failed synthesis."""
-        result = _in_child(_synthesize_fresh, self.library, text, voice)
-        self._raise_for(result)
+        from scipy.signal import resample_poly
+
+        result = self._request(text, voice)
         native = np.frombuffer(result["pcm"], dtype="<i2")
         audio = resample_poly(native.astype(np.float32) / 32768.0, self._up, self._down).astype(np.float32)
         n = len(audio)
@@ -262,10 +165,17 @@ class Espeak:
         def at(sample: int) -> int:
             return min(max(int(round(sample * scale)), 0), n)
 
+        kinds = espeak_server.EVENT_PHONEME, espeak_server.EVENT_WORD
         events = result["events"]
-        phonemes = tuple(Phoneme(name.decode("utf-8", "replace"), at(s)) for kind, s, name in events if kind == _EVENT_PHONEME)
-        words = tuple(at(s) for kind, s, _ in events if kind == _EVENT_WORD)
+        phonemes = tuple(Phoneme(nm.decode("utf-8", "replace"), at(s)) for k, s, nm in events if k == kinds[0])
+        words = tuple(at(s) for k, s, _ in events if k == kinds[1])
         return Speech(audio=audio, phonemes=phonemes, word_starts=words)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=5)
+            self._proc = None
 
 
 def synthesize(text: str, voice: Voice) -> Speech:

@@ -104,7 +104,11 @@ def sample_identity(seed: int, index: int) -> Identity:
     facial_hair = "none"
     if masculine and rng.random() < 0.55:
         facial_hair = str(rng.choice(FACIAL_HAIR[1:]))
-    style_p = np.array([0.08, 0.12, 0.25, 0.2, 0.1, 0.05, 0.1, 0.1]) if masculine else np.array([0.01, 0.02, 0.06, 0.1, 0.4, 0.15, 0.1, 0.16])
+    style_p = (
+        np.array([0.08, 0.12, 0.25, 0.2, 0.1, 0.05, 0.1, 0.1])
+        if masculine
+        else np.array([0.01, 0.02, 0.06, 0.1, 0.4, 0.15, 0.1, 0.16])
+    )
     hair_style = str(rng.choice(HAIR_STYLES, p=style_p / style_p.sum()))
     glasses = str(rng.choice(GLASSES, p=[0.7, 0.08, 0.1, 0.06, 0.06]))
     tooth = rng.uniform(200, 245)
@@ -141,6 +145,8 @@ def sample_identity(seed: int, index: int) -> Identity:
         hairline=float(rng.uniform(-6, 8)),
         facial_hair=facial_hair,
         glasses=glasses,
-        glasses_colour=_pick(rng, np.array([(20, 20, 20), (40, 60, 90), (160, 160, 170), (30, 30, 120), (80, 50, 30)], np.float32), 0.1),
+        glasses_colour=_pick(
+            rng, np.array([(20, 20, 20), (40, 60, 90), (160, 160, 170), (30, 30, 120), (80, 50, 30)], np.float32), 0.1
+        ),
         texture_seed=int(rng.integers(2**31)),
     )

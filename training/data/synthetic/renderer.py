@@ -109,7 +109,9 @@ class Pose:
     y: float
 
 
-def pose_track(scene: Scene, n_frames: int, fps: float, canvas_head_width: float, speech_energy: np.ndarray | None = None) -> list[Pose]:
+def pose_track(
+    scene: Scene, n_frames: int, fps: float, canvas_head_width: float, speech_energy: np.ndarray | None = None
+) -> list[Pose]:
     """Smooth head motion: sums of slow sinusoids around the scene's mean pose, plus nods with speech."""
     rng = np.random.default_rng(scene.motion_seed)
     t = np.arange(n_frames) / fps
@@ -132,7 +134,9 @@ def pose_track(scene: Scene, n_frames: int, fps: float, canvas_head_width: float
     x = scene.centre[0] + wander(0.03 * scene.frame_w)
     y = scene.centre[1] + wander(0.025 * scene.frame_h)
     d = math.pi / 180
-    return [Pose(yaw[i] * d, pitch[i] * d, roll[i] * d, float(scale[i]), float(x[i]), float(y[i])) for i in range(n_frames)]
+    return [
+        Pose(yaw[i] * d, pitch[i] * d, roll[i] * d, float(scale[i]), float(x[i]), float(y[i])) for i in range(n_frames)
+    ]
 
 
 def blink_track(scene: Scene, n_frames: int, fps: float) -> np.ndarray:
@@ -167,9 +171,13 @@ def _poly_mask(shape: tuple[int, int], pts: np.ndarray, blur: float = 0.0) -> np
     return _shape_mask(shape, pts, blur, lambda m, p: cv2.fillPoly(m, [p], 255, cv2.LINE_AA, _SUB))
 
 
-def _stroke_mask(shape: tuple[int, int], pts: np.ndarray, thickness: int, blur: float, closed: bool = False) -> np.ndarray:
+def _stroke_mask(
+    shape: tuple[int, int], pts: np.ndarray, thickness: int, blur: float, closed: bool = False
+) -> np.ndarray:
     """A float mask of a polyline of the given thickness."""
-    return _shape_mask(shape, pts, blur, lambda m, p: cv2.polylines(m, [p], closed, 255, thickness, cv2.LINE_AA, _SUB), pad=thickness)
+    return _shape_mask(
+        shape, pts, blur, lambda m, p: cv2.polylines(m, [p], closed, 255, thickness, cv2.LINE_AA, _SUB), pad=thickness
+    )
 
 
 def _shape_mask(shape: tuple[int, int], pts: np.ndarray, blur: float, draw, pad: int = 0) -> np.ndarray:
@@ -355,7 +363,11 @@ class Face:
             feat += 5.0 * _gauss2(x, y, cx + sgn * 0.75 * lay.nose_w, lay.nose_base_y - 4, 4.5, 4.0)
             feat -= 7.5 * _gauss2(x, y, cx + sgn * lay.eye_dx, lay.eye_y - 1, 1.15 * lay.eye_w, 0.9 * lay.eye_w)
             feat += 5.0 * _gauss2(x, y, cx + sgn * 0.58 * lay.a, lay.eye_y + 0.33 * lay.a, 0.22 * lay.a, 0.16 * lay.a)
-            feat += 2.5 * self.idt.cheek_fullness * _gauss2(x, y, cx + sgn * 0.5 * lay.a, lay.mouth_y - 4, 0.2 * lay.a, 0.2 * lay.a)
+            feat += (
+                2.5
+                * self.idt.cheek_fullness
+                * _gauss2(x, y, cx + sgn * 0.5 * lay.a, lay.mouth_y - 4, 0.2 * lay.a, 0.2 * lay.a)
+            )
             # nasolabial groove: from the nose wing down to outside the mouth corner
             p0 = np.array([cx + sgn * 1.1 * lay.nose_w, lay.nose_base_y - 3])
             p1 = np.array([cx + sgn * (lay.mouth_w + 6), lay.mouth_y + 6])
@@ -425,17 +437,35 @@ class Face:
         _blend(img, body_m, shirt[None, None, :] * body_shade[..., None] * self.scene.ambient * 1.6)
         alpha = np.maximum(alpha, body_m)
         neck_w = 0.5 * lay.a
-        neck = np.array([[lay.cx - neck_w, neck_top], [lay.cx + neck_w, neck_top], [lay.cx + neck_w * 1.1, shoulder_y + 8], [lay.cx - neck_w * 1.1, shoulder_y + 8]])
+        neck = np.array(
+            [
+                [lay.cx - neck_w, neck_top],
+                [lay.cx + neck_w, neck_top],
+                [lay.cx + neck_w * 1.1, shoulder_y + 8],
+                [lay.cx - neck_w * 1.1, shoulder_y + 8],
+            ]
+        )
         neck_m = _poly_mask((H, W), neck, 1.2)
         nx = np.clip((self._xx - lay.cx) / (neck_w * 1.1), -1, 1)
         neck_n = np.stack([nx, np.zeros_like(nx), np.sqrt(1 - nx**2)], -1)
-        neck_shade = self.scene.ambient + self.scene.diffuse * np.clip(neck_n @ np.asarray(self.scene.light, np.float32), 0, 1)
+        neck_shade = self.scene.ambient + self.scene.diffuse * np.clip(
+            neck_n @ np.asarray(self.scene.light, np.float32), 0, 1
+        )
         under_chin = np.clip((self._yy - lay.chin_y) / 28.0, 0, 1)
         neck_shade = neck_shade * (0.55 + 0.4 * under_chin)
         _blend(img, neck_m, skin[None, None, :] * neck_shade[..., None] * 0.92)
         alpha = np.maximum(alpha, neck_m)
         # collar
-        collar = np.array([[lay.cx - neck_w * 1.15, shoulder_y + 2], [lay.cx, shoulder_y + 22], [lay.cx + neck_w * 1.15, shoulder_y + 2], [lay.cx + neck_w * 1.3, shoulder_y + 10], [lay.cx, shoulder_y + 30], [lay.cx - neck_w * 1.3, shoulder_y + 10]])
+        collar = np.array(
+            [
+                [lay.cx - neck_w * 1.15, shoulder_y + 2],
+                [lay.cx, shoulder_y + 22],
+                [lay.cx + neck_w * 1.15, shoulder_y + 2],
+                [lay.cx + neck_w * 1.3, shoulder_y + 10],
+                [lay.cx, shoulder_y + 30],
+                [lay.cx - neck_w * 1.3, shoulder_y + 10],
+            ]
+        )
         _blend(img, _poly_mask((H, W), collar, 0.8) * 0.6, shirt * 0.5)
 
         # ears
@@ -445,7 +475,14 @@ class Face:
             ear = _ellipse_pts(ex + sgn * 4, ey, 9 * idt.ear_size, 20 * idt.ear_size, sgn * 0.12)
             m = _poly_mask((H, W), ear, 0.8)
             side_n = np.array([sgn * 0.6, 0.0, 0.8], np.float32)
-            s = skin * (self.scene.ambient + self.scene.diffuse * max(0.0, float(side_n @ np.asarray(self.scene.light, np.float32)))) * 0.9
+            s = (
+                skin
+                * (
+                    self.scene.ambient
+                    + self.scene.diffuse * max(0.0, float(side_n @ np.asarray(self.scene.light, np.float32)))
+                )
+                * 0.9
+            )
             _blend(img, m, s)
             inner = _ellipse_pts(ex + sgn * 5, ey + 1, 4.5 * idt.ear_size, 13 * idt.ear_size, sgn * 0.12)
             _blend(img, _poly_mask((H, W), inner, 1.5) * 0.5, s * 0.55)
@@ -457,7 +494,9 @@ class Face:
         blotch = _smooth_noise(rng, (H, W), 9)
         albedo *= (1.0 + idt.skin_blotch * blotch)[..., None]
         for sgn in (-1, 1):
-            g = _gauss2(self._xx, self._yy, lay.cx + sgn * 0.55 * lay.a, lay.eye_y + 0.38 * lay.a, 0.2 * lay.a, 0.15 * lay.a)
+            g = _gauss2(
+                self._xx, self._yy, lay.cx + sgn * 0.55 * lay.a, lay.eye_y + 0.38 * lay.a, 0.2 * lay.a, 0.15 * lay.a
+            )
             albedo += (idt.blush * 18.0 * g)[..., None] * np.array([-0.6, -0.5, 0.5], np.float32)
             g = _gauss2(self._xx, self._yy, lay.cx + sgn * lay.eye_dx, lay.eye_y + 2, 1.3 * lay.eye_w, 0.8 * lay.eye_w)
             albedo *= (1.0 - 0.12 * g)[..., None]
@@ -477,7 +516,9 @@ class Face:
         self._facial_hair(img, hair, hair_tex)
         front = self._front_hair_mask()
         if front is not None:
-            lit = self.scene.ambient + self.scene.diffuse * np.clip(self.normals @ np.asarray(self.scene.light, np.float32), 0, 1)
+            lit = self.scene.ambient + self.scene.diffuse * np.clip(
+                self.normals @ np.asarray(self.scene.light, np.float32), 0, 1
+            )
             lit = np.maximum(lit, self.scene.ambient + 0.3 * self.scene.diffuse)
             _blend(img, front, hair[None, None, :] * (0.6 + 0.5 * hair_tex)[..., None] * lit[..., None])
             alpha = np.maximum(alpha, front)
@@ -517,7 +558,17 @@ class Face:
         else:
             bottom_y = lay.nose_base_y + 20
             w = lay.a + 18
-        pts = np.concatenate([top, [[lay.cx + w, lay.eye_y], [lay.cx + w * 0.95, bottom_y], [lay.cx - w * 0.95, bottom_y], [lay.cx - w, lay.eye_y]]])
+        pts = np.concatenate(
+            [
+                top,
+                [
+                    [lay.cx + w, lay.eye_y],
+                    [lay.cx + w * 0.95, bottom_y],
+                    [lay.cx - w * 0.95, bottom_y],
+                    [lay.cx - w, lay.eye_y],
+                ],
+            ]
+        )
         m = _poly_mask((CANVAS_H, CANVAS_W), pts, 1.5)
         if style == "curly":
             m = np.maximum(m, self._bumpy(lay.a + 18, lay.b_top + 14, 0.55))
@@ -542,7 +593,9 @@ class Face:
             rel = np.abs(self._xx - lay.cx) / lay.a
             sides = np.clip((rel - 0.8) / 0.12, 0, 1) * np.clip(1 - np.abs(self._yy - (lay.eye_y - 14)) / 22.0, 0, 1)
             return band_m * sides * 0.6
-        volume = {"buzz": 1.5, "short": 5.0, "side_part": 6.0, "long": 6.0, "bun": 4.0, "curly": 10.0, "bob": 7.0}[style]
+        volume = {"buzz": 1.5, "short": 5.0, "side_part": 6.0, "long": 6.0, "bun": 4.0, "curly": 10.0, "bob": 7.0}[
+            style
+        ]
         cap_m = _poly_mask((CANVAS_H, CANVAS_W), head_contour(lay, grow=volume), 1.2)
         rel = (self._xx - lay.cx) / lay.a
         if style == "bob":  # straight bangs
@@ -576,8 +629,14 @@ class Face:
             _blend(img, _poly_mask(img.shape[:2], nostril, 0.9) * 0.85, skin * 0.28 * self.shade[int(c[1]), int(c[0])])
             # the crease around the nose wing
             th = np.linspace(-0.3, 2.0, 12)
-            wing = np.stack([lay.cx + sgn * (0.72 * lay.nose_w + 4.5 * np.cos(th)), lay.nose_base_y - 5 + 5.5 * np.sin(th)], 1)
-            _blend(img, _stroke_mask(img.shape[:2], wing, 1, 0.8) * 0.45, skin * 0.45 * self.shade[int(lay.nose_base_y), int(lay.cx)])
+            wing = np.stack(
+                [lay.cx + sgn * (0.72 * lay.nose_w + 4.5 * np.cos(th)), lay.nose_base_y - 5 + 5.5 * np.sin(th)], 1
+            )
+            _blend(
+                img,
+                _stroke_mask(img.shape[:2], wing, 1, 0.8) * 0.45,
+                skin * 0.45 * self.shade[int(lay.nose_base_y), int(lay.cx)],
+            )
 
     def _draw_brows(self, img: np.ndarray) -> None:
         lay, idt = self.lay, self.idt
@@ -593,7 +652,15 @@ class Face:
             top = np.stack([xs, yc - th * 0.55], 1)
             bot = np.stack([xs, yc + th * 0.45], 1)[::-1]
             m = _poly_mask(img.shape[:2], np.concatenate([top, bot]), 0.9)
-            hairs = np.clip(0.75 + 0.5 * cv2.GaussianBlur(self.rng.normal(0, 1, img.shape[:2]).astype(np.float32), (0, 0), sigmaX=1.5, sigmaY=0.5), 0.3, 1)
+            hairs = np.clip(
+                0.75
+                + 0.5
+                * cv2.GaussianBlur(
+                    self.rng.normal(0, 1, img.shape[:2]).astype(np.float32), (0, 0), sigmaX=1.5, sigmaY=0.5
+                ),
+                0.3,
+                1,
+            )
             _blend(img, m * 0.88 * hairs, col * self.shade[int(lay.brow_y), int(x_in)] * 1.1)
 
     def _eye_outline(self, sgn: int, lid: float) -> tuple[np.ndarray, np.ndarray]:
@@ -648,7 +715,9 @@ class Face:
             _blend(sub, np.clip(ir + 0.5 - d, 0, 1) * eye_m, iris_col[None, None, :] * (1.0 - 0.55 * ring)[..., None])
             _blend(sub, np.clip(0.42 * ir + 0.5 - d, 0, 1) * eye_m, np.array([12, 10, 10], np.float32))
             lx, ly = self.scene.light[0], self.scene.light[1]
-            glint = np.clip(1.2 - np.sqrt((xx - ix - 0.35 * ir * (lx - 0.3)) ** 2 + (yy - iy + 0.35 * ir * (0.6 - ly)) ** 2), 0, 1)
+            glint = np.clip(
+                1.2 - np.sqrt((xx - ix - 0.35 * ir * (lx - 0.3)) ** 2 + (yy - iy + 0.35 * ir * (0.6 - ly)) ** 2), 0, 1
+            )
             _blend(sub, glint * eye_m * 0.85, np.array([245, 245, 245], np.float32))
             # lashes on the upper lid, a fine lower lid line
             _blend(sub, _stroke_mask(shape, up, 2, 0.6) * 0.92, np.array([22, 20, 24], np.float32))
@@ -672,7 +741,9 @@ class Face:
         for sgn in (-1, 1):
             ex, ey = lay.cx + sgn * lay.eye_dx, lay.eye_y + 2
             if kind in ("rect", "browline"):
-                pts = np.array([[ex - rw, ey - rh], [ex + rw, ey - rh], [ex + rw * 0.95, ey + rh], [ex - rw * 0.95, ey + rh]])
+                pts = np.array(
+                    [[ex - rw, ey - rh], [ex + rw, ey - rh], [ex + rw * 0.95, ey + rh], [ex - rw * 0.95, ey + rh]]
+                )
             elif kind == "aviator":
                 pts = _ellipse_pts(ex + sgn * 1.5, ey + 2, rw, rh * 0.95, sgn * 0.15)
             else:
@@ -681,9 +752,25 @@ class Face:
             cv2.polylines(m, [p], True, 255, thick, cv2.LINE_AA, _SUB)
             cv2.fillPoly(lens, [p], 255, cv2.LINE_AA, _SUB)
             # an arm towards the ear
-            cv2.line(m, fx((ex + sgn * rw, ey - rh * 0.6)), fx((lay.cx + sgn * lay.a, ey - rh * 0.4)), 255, thick, cv2.LINE_AA, _SUB)
+            cv2.line(
+                m,
+                fx((ex + sgn * rw, ey - rh * 0.6)),
+                fx((lay.cx + sgn * lay.a, ey - rh * 0.4)),
+                255,
+                thick,
+                cv2.LINE_AA,
+                _SUB,
+            )
         bridge_y = lay.eye_y - 2
-        cv2.line(m, fx((lay.cx - lay.eye_dx + rw * 0.9, bridge_y)), fx((lay.cx + lay.eye_dx - rw * 0.9, bridge_y)), 255, thick, cv2.LINE_AA, _SUB)
+        cv2.line(
+            m,
+            fx((lay.cx - lay.eye_dx + rw * 0.9, bridge_y)),
+            fx((lay.cx + lay.eye_dx - rw * 0.9, bridge_y)),
+            255,
+            thick,
+            cv2.LINE_AA,
+            _SUB,
+        )
         full = np.zeros((3, CANVAS_H, CANVAS_W), np.float32)
         full[0, y0:y1] = cv2.GaussianBlur(m.astype(np.float32) / 255, (0, 0), 0.5)
         full[1, y0:y1] = lens.astype(np.float32) / 255
@@ -725,17 +812,29 @@ class Face:
         else:
             region = self._beard_region(kind == "full_beard")
         # hairs: denser in the middle of the beard, skin showing through at its edges
-        density = region * np.clip(0.45 + 0.55 * tex + 0.25 * (region - 0.5), 0, 1) * (0.9 if kind == "full_beard" else 0.8)
+        density = (
+            region * np.clip(0.45 + 0.55 * tex + 0.25 * (region - 0.5), 0, 1) * (0.9 if kind == "full_beard" else 0.8)
+        )
         _blend(img, density, hair[None, None, :] * (0.55 + 0.6 * tex)[..., None] * self.shade[..., None])
 
-    def _mustache_patch(self, hair: np.ndarray, tex: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+    def _mustache_patch(
+        self, hair: np.ndarray, tex: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
         if self.idt.facial_hair not in ("mustache", "goatee", "beard", "full_beard"):
             return None
         lay = self.lay
         y0, y1 = int(lay.nose_base_y + 1), int(lay.mouth_y + 4)
         x0, x1 = int(lay.cx - lay.mouth_w - 10), int(lay.cx + lay.mouth_w + 11)
-        top = _curve(lay.cx - lay.mouth_w - 6, lay.cx + lay.mouth_w + 6, lambda x: lay.nose_base_y + 3 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2)
-        bot = _curve(lay.cx + lay.mouth_w + 6, lay.cx - lay.mouth_w - 6, lambda x: lay.mouth_y - lay.upper_lip + 2 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2)
+        top = _curve(
+            lay.cx - lay.mouth_w - 6,
+            lay.cx + lay.mouth_w + 6,
+            lambda x: lay.nose_base_y + 3 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2,
+        )
+        bot = _curve(
+            lay.cx + lay.mouth_w + 6,
+            lay.cx - lay.mouth_w - 6,
+            lambda x: lay.mouth_y - lay.upper_lip + 2 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2,
+        )
         m = _poly_mask((CANVAS_H, CANVAS_W), np.concatenate([top, bot]), 1.0)[y0:y1, x0:x1]
         col = hair[None, None, :] * (0.5 + 0.6 * tex[y0:y1, x0:x1])[..., None] * self.shade[y0:y1, x0:x1, None] * 0.9
         return m * 0.95, col, (y0, x0)
@@ -807,9 +906,8 @@ class Face:
         shape_exp = 2.0 + 1.5 * float(m[P["round"]])
         upper_inner = uy + (corner_y - uy) * np.abs(rel) ** shape_exp
         lower_inner = ly_ + (corner_y - ly_) * np.abs(rel) ** (shape_exp * 0.8)
-        inner_mask_xs = np.abs(rel) <= 1.0
         # outer contours: cupid's bow above, a full curve below
-        bow = 1.6 * np.exp(-((np.abs(rel) - 0.28) / 0.16) ** 2) - 0.8 * np.exp(-((rel) / 0.1) ** 2)
+        bow = 1.6 * np.exp(-(((np.abs(rel) - 0.28) / 0.16) ** 2)) - 0.8 * np.exp(-(((rel) / 0.1) ** 2))
         upper_outer = uy - g["tu"] * (1 - np.abs(rel) ** 2.2) ** 0.6 - bow * (1 - np.abs(rel)) - 0.5
         lower_outer = ly_ + g["tl"] * (1 - np.abs(rel) ** 2.0) ** 0.55 + 0.5
         base_lip = np.asarray(idt.lip_colour, np.float32)
@@ -869,14 +967,24 @@ class Face:
         up_col = base_lip * 0.8 * s_m
         lo_col = base_lip * 1.0 * s_lo
         # the lower lip catches the light near its middle
-        hl = np.exp(-(((xx + ox - cx) / (0.5 * w)) ** 2 + ((yy + oy - (ly_ + 0.45 * g["tl"])) / (0.3 * g["tl"] + 0.5)) ** 2))
+        hl = np.exp(
+            -(((xx + ox - cx) / (0.5 * w)) ** 2 + ((yy + oy - (ly_ + 0.45 * g["tl"])) / (0.3 * g["tl"] + 0.5)) ** 2)
+        )
         _blend(roi, up_m, up_col)
         lo_img = lo_col[None, None, :] * (1 + 0.18 * hl * (0.5 + self.scene.specular * 2))[..., None]
         _blend(roi, lo_m, lo_img)
         # where the lips meet, and the corners
         meet = np.zeros(shape, np.uint8)
         if sep <= 0.6:
-            cv2.polylines(meet, [np.round(pts(xs, 0.5 * (upper_inner + lower_inner)) * _SUBF).astype(np.int32)], False, 255, 1, cv2.LINE_AA, _SUB)
+            cv2.polylines(
+                meet,
+                [np.round(pts(xs, 0.5 * (upper_inner + lower_inner)) * _SUBF).astype(np.int32)],
+                False,
+                255,
+                1,
+                cv2.LINE_AA,
+                _SUB,
+            )
         for sgn in (-1, 1):
             c = (int((cx + sgn * w - ox) * _SUBF), int((corner_y - oy) * _SUBF))
             cv2.circle(meet, c, int(1.6 * _SUBF), 200, -1, cv2.LINE_AA, _SUB)
@@ -887,7 +995,11 @@ class Face:
             trel = (tx - cx) / (wi * 0.6)
             edge = uy + 2.5 + 1.5 * (1 - trel**2)
             teeth = _poly_mask(shape, np.concatenate([pts(tx, np.full(21, uy - 0.5)), pts(tx[::-1], edge[::-1])]), 0.5)
-            _blend(roi, teeth * min(1.0, (tl_amt - 0.2) * 1.6), np.asarray(idt.teeth_colour, np.float32) * (0.5 + 0.5 * s_m))
+            _blend(
+                roi,
+                teeth * min(1.0, (tl_amt - 0.2) * 1.6),
+                np.asarray(idt.teeth_colour, np.float32) * (0.5 + 0.5 * s_m),
+            )
         if self.mustache is not None:
             mm, col, (my0, mx0) = self.mustache
             h_, w_ = mm.shape
@@ -896,7 +1008,11 @@ class Face:
             ry1, rx1 = min(sy0 + h_, shape[0]), min(sx0 + w_, shape[1])
             if ry1 > ry0 and rx1 > rx0:
                 sub = roi[ry0:ry1, rx0:rx1]
-                _blend(sub, mm[ry0 - sy0 : ry1 - sy0, rx0 - sx0 : rx1 - sx0], col[ry0 - sy0 : ry1 - sy0, rx0 - sx0 : rx1 - sx0])
+                _blend(
+                    sub,
+                    mm[ry0 - sy0 : ry1 - sy0, rx0 - sx0 : rx1 - sx0],
+                    col[ry0 - sy0 : ry1 - sy0, rx0 - sx0 : rx1 - sx0],
+                )
         canvas[y0:y1, x0:x1, :3] = np.clip(roi, 0, 255).astype(np.uint8)
 
 
@@ -919,7 +1035,13 @@ def make_background(scene: Scene) -> np.ndarray:
             col = tuple(float(c) for c in rng.uniform(20, 240, 3))
             cv2.rectangle(bg, (int(x0), int(y0)), (int(x0 + rw), int(y0 + rh)), col, -1)
             if rng.random() < 0.5:
-                cv2.rectangle(bg, (int(x0), int(y0)), (int(x0 + rw), int(y0 + rh)), tuple(c * 0.6 for c in col), int(rng.integers(2, 6)))
+                cv2.rectangle(
+                    bg,
+                    (int(x0), int(y0)),
+                    (int(x0 + rw), int(y0 + rh)),
+                    tuple(c * 0.6 for c in col),
+                    int(rng.integers(2, 6)),
+                )
         bg = cv2.GaussianBlur(bg, (0, 0), rng.uniform(1.0, 4.0))
     elif kind == "blobs":
         for _ in range(int(rng.integers(4, 12))):
@@ -963,7 +1085,9 @@ class Camera:
         self.light = (light * vign)[..., None] * np.asarray(scene.tint, np.float32)[None, None, :]
         self.lut = np.clip(255.0 * (np.arange(256) / 255.0) ** scene.gamma, 0, 255).astype(np.uint8)
         # sensor noise: a few fields drawn once, each frame takes one at a random horizontal offset
-        self.noise = scene.noise * self.rng.standard_normal((6, h, w + 48, 3), dtype=np.float32) if scene.noise > 0 else None
+        self.noise = (
+            scene.noise * self.rng.standard_normal((6, h, w + 48, 3), dtype=np.float32) if scene.noise > 0 else None
+        )
         lay = face.lay
         self.pivot = (lay.cx, lay.eye_y + 0.3 * (lay.nose_base_y - lay.eye_y))
         self.radius_x = lay.a * 1.12
@@ -1041,14 +1165,22 @@ class Camera:
         # the frame region the canvas can land in (the shoulders run on to the frame's bottom)
         c, s = math.cos(pose.roll), math.sin(pose.roll)
         corners = np.array([[0, 0], [CANVAS_W, 0], [0, CANVAS_H], [CANVAS_W, CANVAS_H]], np.float64) - self.pivot
-        fc = np.stack([pose.x + pose.scale * (c * corners[:, 0] - s * corners[:, 1]), pose.y + pose.scale * (s * corners[:, 0] + c * corners[:, 1])], 1)
+        fc = np.stack(
+            [
+                pose.x + pose.scale * (c * corners[:, 0] - s * corners[:, 1]),
+                pose.y + pose.scale * (s * corners[:, 0] + c * corners[:, 1]),
+            ],
+            1,
+        )
         margin = 0.6 * self.radius_x * pose.scale + 8
         x0, y0 = max(int(fc[:, 0].min() - margin), 0), max(int(fc[:, 1].min() - margin), 0)
         x1, y1 = min(int(fc[:, 0].max() + margin), fw), fh
         frame = self.background.copy()
         if x1 > x0 and y1 > y0:
             mx, my = self._maps(pose, x0, y0, x1, y1)
-            warped = cv2.remap(canvas, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+            warped = cv2.remap(
+                canvas, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)
+            )
             a = warped[..., 3:4].astype(np.float32) * (1.0 / 255.0)
             region = frame[y0:y1, x0:x1]
             region += a * (warped[..., :3].astype(np.float32) - region)

@@ -9,26 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 _EN = {
-    "subject": (
-        "the baker", "my mother", "a young pilot", "our neighbour", "the old farmer", "my brother", "the teacher",
-        "a small boy", "the doctor", "my friend Paul", "the tall woman", "every morning she", "the musician",
-        "a quiet student", "the fisherman", "the mayor", "her father", "the puppy", "the engineer", "nobody",
-    ),
-    "verb": (
-        "bought", "painted", "carried", "found", "moved", "opened", "played", "pushed", "watched", "picked up",
-        "forgot", "fixed", "borrowed", "visited", "measured", "believed", "washed", "cooked", "shared", "remembered",
-    ),
-    "object": (
-        "a blue umbrella", "the wooden boat", "three big apples", "the map of Paris", "a bottle of milk",
-        "the heavy box", "some fresh bread", "a pair of shoes", "the broken window", "a bag of marbles",
-        "the yellow bicycle", "my phone", "the purple balloon", "a bowl of soup", "the morning paper",
-        "five warm muffins", "a violin", "the key", "the photographs", "a very funny movie",
-    ),
-    "tail": (
-        "before lunch", "near the bridge", "with a smile", "on Monday", "in the park", "after the storm",
-        "by the window", "without thinking", "at midnight", "for the whole family", "every Thursday",
-        "beneath the tree", "while it was raining", "as quickly as possible", "in the museum", "",
-    ),
+    "subject": "the baker|my mother|a young pilot|our neighbour|the old farmer|my brother|the teacher|a small boy|"
+    "the doctor|my friend Paul|the tall woman|every morning she|the musician|a quiet student|the fisherman|the mayor|"
+    "her father|the puppy|the engineer|nobody",
+    "verb": "bought|painted|carried|found|moved|opened|played|pushed|watched|picked up|forgot|fixed|borrowed|visited|"
+    "measured|believed|washed|cooked|shared|remembered",
+    "object": "a blue umbrella|the wooden boat|three big apples|the map of Paris|a bottle of milk|the heavy box|"
+    "some fresh bread|a pair of shoes|the broken window|a bag of marbles|the yellow bicycle|my phone|the purple balloon|"
+    "a bowl of soup|the morning paper|five warm muffins|a violin|the key|the photographs|a very funny movie",
+    "tail": "before lunch|near the bridge|with a smile|on Monday|in the park|after the storm|by the window|"
+    "without thinking|at midnight|for the whole family|every Thursday|beneath the tree|while it was raining|"
+    "as quickly as possible|in the museum|",
 }
 _EN_EXTRA = (
     "Please bring me the paper.", "Why would anybody move the boat?", "Maybe we should wait a bit.",
@@ -98,7 +89,7 @@ def _english(rng: np.random.Generator, n_words: int) -> str:
         return str(rng.choice(_EN_EXTRA))
     parts = []
     while sum(len(p.split()) for p in parts) < n_words:
-        clause = " ".join(str(rng.choice(_EN[k])) for k in ("subject", "verb", "object", "tail")).strip()
+        clause = " ".join(str(rng.choice(_EN[k].split("|"))) for k in ("subject", "verb", "object", "tail")).strip()
         parts.append(clause)
     text = ", and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + ", and " + parts[-1]
     return text[0].upper() + text[1:] + str(rng.choice([".", ".", "!", "?"]))

@@ -115,7 +115,9 @@ class Target:
     phoneme: str
 
 
-def place_targets(phonemes: tuple[Phoneme, ...] | list[Phoneme], duration: float, sample_rate: int = 16_000) -> list[Target]:
+def place_targets(
+    phonemes: tuple[Phoneme, ...] | list[Phoneme], duration: float, sample_rate: int = 16_000
+) -> list[Target]:
     """Turn phoneme events into timed viseme targets, with a rest at both ends.
 
     espeak reports a voiceless stop where its burst starts; its silent closure comes just before,
