@@ -211,19 +211,18 @@ def run(config: ExportConfig) -> dict:
             report["artifacts"]["tensorrt_engine"] = str(engine_path)
 
     stage(f"write the Triton model repository: {repo}")
-    checkpoint = model_repository.artifact_path(repo, contract.EMBEDDED_MODEL, "checkpoint.tmp")
-    save_checkpoint(checkpoint, model=model, config=model.config)
+    # Re-saved in this project's format whatever the source was (released .pth, TorchScript, ours).
     checkpoint_path = model_repository.artifact_path(
         repo, contract.EMBEDDED_MODEL, model_repository.EMBEDDED_PARAMETERS["checkpoint"]
     )
-    checkpoint.replace(checkpoint_path)
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(checkpoint_path, model=model, config=model.config)
     written = model_repository.write_repository(
         repo, onnx_fp32=onnx_path, checkpoint=checkpoint_path, engine=engine_path, max_batch=config.max_batch
     )
     for path in written:
         say(f"      {path}")
     report["versions"] = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime")}
-    del reference
     return report
 
 

@@ -24,14 +24,11 @@ AUDIO_FRAME = CLOCK_RATE // 50  # 20 ms per outgoing audio frame
 
 
 class MediaClock:
-    """Session time in 16 kHz samples since `start()`; the wall clock is time.monotonic()."""
+    """Session time in 16 kHz samples since the clock was made; the wall clock is time.monotonic()."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.monotonic = monotonic
         self.t0 = monotonic()
-
-    def start(self) -> None:
-        self.t0 = self.monotonic()
 
     def now(self) -> int:
         return int((self.monotonic() - self.t0) * CLOCK_RATE)
@@ -75,7 +72,6 @@ class AvSynchronizer:
         self._max_video = max_video
         self._video_ready = asyncio.Event()
         self._audio_pos: int | None = None
-        self.last_video_pts: int | None = None
 
     def push_video(self, frame: OutputFrame) -> None:
         if len(self._video) >= self._max_video:
@@ -102,7 +98,6 @@ class AvSynchronizer:
             sent = self.clock.monotonic()
             self._observer.stage(self._session, "added_delay", sent - frame.video.arrived)
             self._observer.frame_sent(self._session, frame.outcome, sent)
-            self.last_video_pts = frame.pts
             return frame
 
     async def next_audio(self) -> tuple[np.ndarray, int]:

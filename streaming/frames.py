@@ -1,4 +1,4 @@
-"""The media and control frames that flow through a session, all stamped on one clock.
+"""The media frames that flow through a session, all stamped on one clock.
 
 The clock is the session's speech position in samples at 16 kHz (`CLOCK_RATE`): sample 0 is
 the session's start, a video frame's `pts` is the clock reading when it was captured.
@@ -14,10 +14,6 @@ from client import contract
 from client.face_crop import CropRegion
 
 CLOCK_RATE = contract.SAMPLE_RATE
-
-
-def seconds_to_clock(seconds: float) -> int:
-    return round(seconds * CLOCK_RATE)
 
 
 def clock_to_seconds(pts: int) -> float:
@@ -41,10 +37,6 @@ class AudioChunk:
     pts: int
     samples: np.ndarray
 
-    @property
-    def end(self) -> int:
-        return self.pts + len(self.samples)
-
 
 @dataclass(frozen=True, eq=False)
 class FaceFrame:
@@ -67,28 +59,8 @@ class OutputFrame:
     video: VideoFrame
     image: np.ndarray
     outcome: str
-    stage_s: dict[str, float] = field(default_factory=dict)
-    ready: float = 0.0  # time.monotonic() when the picture was ready to send
+    stage_s: dict[str, float] = field(default_factory=dict)  # seconds per stage, for this frame
 
     @property
     def pts(self) -> int:
         return self.video.pts
-
-    @property
-    def generated(self) -> bool:
-        return self.outcome == "generated"
-
-
-@dataclass(frozen=True)
-class Interrupt:
-    """New speech replaces old: discard speech queued after `pts` (control, overtakes media)."""
-
-    pts: int | None = None
-
-
-@dataclass(frozen=True)
-class EndOfStream:
-    """No more input will come on this stream (control)."""
-
-
-ControlFrame = Interrupt | EndOfStream

@@ -22,8 +22,12 @@ def rtc_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
-def allow_loopback_candidates(only_loopback: bool = False) -> None:
-    """Make every later ICE gathering in this process offer 127.0.0.1 (first, or alone)."""
+def allow_loopback_candidates(only_loopback: bool = True) -> None:
+    """Make every later ICE gathering in this process offer 127.0.0.1: alone, or before the others.
+
+    Alone is the default: a peer on the same host needs nothing else, and no traffic of a local
+    call then leaves the loopback interface.
+    """
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         if not use_ipv4:
@@ -33,7 +37,3 @@ def allow_loopback_candidates(only_loopback: bool = False) -> None:
         return ["127.0.0.1", *_original_get_host_addresses(use_ipv4, use_ipv6)]
 
     aioice.ice.get_host_addresses = get_host_addresses
-
-
-def restore_host_addresses() -> None:
-    aioice.ice.get_host_addresses = _original_get_host_addresses

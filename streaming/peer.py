@@ -22,7 +22,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from streaming.frames import CLOCK_RATE
-from streaming.ice import rtc_configuration
+from streaming.ice import allow_loopback_candidates, rtc_configuration
 from streaming.speech_source import RECEIVE_AUDIO_HOLD
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,11 @@ class Received:
 class GatewayClient:
     """One WebRTC session with the gateway from Python; use `async with`."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, keep_images: bool = True) -> None:
+    def __init__(
+        self, base_url: str, *, token: str | None = None, keep_images: bool = True, loopback: bool = True
+    ) -> None:
+        if loopback:  # the gateway runs on this host: offer 127.0.0.1 only (streaming/ice.py)
+            allow_loopback_candidates()
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.keep_images = keep_images

@@ -162,7 +162,7 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         stages = {"track": item.track_s}
 
         def passthrough(outcome: str) -> OutputFrame:
-            return OutputFrame(video, video.image, outcome, stages, time.monotonic())
+            return OutputFrame(video, video.image, outcome, stages)
 
         if item.region is None:
             return passthrough("no_face")
@@ -200,7 +200,7 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
                 1000 * self._budget,
                 extra={"session_id": self._session},
             )
-        return OutputFrame(video, image, "generated", stages, done)
+        return OutputFrame(video, image, "generated", stages)
 
 
 class Session:

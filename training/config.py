@@ -188,23 +188,25 @@ class EvaluateConfig:
         _check_device(self)
 
 
-# Presets: `paper` is the paper's hyperparameters (GPUs; run until the eval losses flatten). `cpu-small`
-# is sized for about 45-60 min per model on 2 idle CPU cores, from measured CPU time per step
-# (1 thread: expert 1.07 s, generator 2.15 s, on this project's 2-core machine): expert 4000 steps
-# of 32 windows, generator 2500 steps of 8 windows (40 frames). `tiny` exists for smoke tests: it
-# proves the loop runs, nothing more.
+# Presets: `paper` is the paper's hyperparameters (GPUs; run until the eval losses flatten).
+# `cpu-small` fits about 50 min per model on a 2-core machine: one PyTorch thread plus one data
+# worker process (two threads would contend with the worker, and on a busy machine OpenMP's
+# spinning made 2 threads 3-5x slower than 1). Sized from measured CPU time per step with one
+# thread: expert (width 0.5, 32 windows) 1.07 s, generator (width 0.25, 8 windows of 5 frames,
+# GAN on) 2.15 s. `tiny` exists for smoke tests: it proves the loop runs, nothing more.
 PRESETS: dict[type, dict[str, dict[str, Any]]] = {
     ExpertTrainConfig: {
         "paper": {},
         "cpu-small": {
             "width": 0.5,
             "batch_size": 32,
-            "steps": 4000,
+            "steps": 3000,
             "eval_interval": 500,
             "eval_batches": 16,
             "checkpoint_interval": 500,
             "log_interval": 25,
             "num_workers": 1,
+            "torch_threads": 1,
             "device": "cpu",
         },
         "tiny": {
@@ -216,6 +218,7 @@ PRESETS: dict[type, dict[str, dict[str, Any]]] = {
             "checkpoint_interval": 2,
             "log_interval": 1,
             "num_workers": 0,
+            "torch_threads": 1,
             "device": "cpu",
         },
     },
@@ -225,13 +228,14 @@ PRESETS: dict[type, dict[str, dict[str, Any]]] = {
             "width": 0.25,
             "disc_width": 0.25,
             "batch_size": 8,
-            "steps": 2500,
+            "steps": 1500,
             "eval_interval": 250,
             "eval_batches": 8,
             "checkpoint_interval": 250,
             "sample_interval": 250,
             "log_interval": 25,
             "num_workers": 1,
+            "torch_threads": 1,
             "device": "cpu",
         },
         "tiny": {
@@ -245,6 +249,7 @@ PRESETS: dict[type, dict[str, dict[str, Any]]] = {
             "sample_interval": 2,
             "log_interval": 1,
             "num_workers": 0,
+            "torch_threads": 1,
             "device": "cpu",
         },
     },

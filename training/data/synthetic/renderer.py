@@ -403,10 +403,6 @@ class Face:
         self.spec = (self.scene.specular * spec).astype(np.float32)
         return (self.scene.ambient + self.scene.diffuse * lam).astype(np.float32)
 
-    def _shade_colour(self, base, x: float, y: float) -> np.ndarray:
-        xi, yi = int(np.clip(x, 0, CANVAS_W - 1)), int(np.clip(y, 0, CANVAS_H - 1))
-        return np.asarray(base, np.float32) * self.shade[yi, xi]
-
     # ---- the static drawing
 
     def _build(self) -> None:
