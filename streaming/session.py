@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,12 +43,15 @@ class FaceProcessor:
 
     def __init__(self, tracker: FaceTracker | None = None) -> None:
         self.tracker = tracker if tracker is not None else FaceTracker()
+        # A cancelled task does not stop its executor job: close() must wait for a running locate().
+        self._lock = threading.Lock()
 
     def locate(
         self, image: np.ndarray, timestamp_s: float | None = None
     ) -> tuple[CropRegion | None, np.ndarray | None]:
         """(crop region, (6,96,96) model face input), or (None, None) when no face is in view."""
-        box = self.tracker.update(image, timestamp_s)
+        with self._lock:
+            box = self.tracker.update(image, timestamp_s)
         if box is None:
             return None, None
         region = pad_box(box, image.shape)
@@ -57,7 +61,13 @@ class FaceProcessor:
         return blend_face(image, generated, region)
 
     def reset(self) -> None:
-        self.tracker.reset()
+        with self._lock:
+            self.tracker.reset()
+
+    def close(self) -> None:
+        """Release the detector (MediaPipe's graph holds threads and memory)."""
+        with self._lock:
+            self.tracker.close()
 
     def warm_up(self) -> None:
         """Load the detector's graph (about a second for MediaPipe) before the first frame needs it."""
@@ -395,6 +405,7 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._track.aclose()
         await self._mouth.aclose()
+        await asyncio.get_running_loop().run_in_executor(None, self.faces.close)
         self.observer.session_ended(self.id)
         self.closed.set()
         logger.info("session closed", extra={"session_id": self.id})

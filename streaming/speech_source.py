@@ -116,9 +116,14 @@ class SpeechTimeline:
 class MicrophoneReader:
     """Reads the peer's audio track into the timeline, stamped by the session clock.
 
-    The sample count is the clock while audio flows; if the track stalls and the clock has run
-    ahead by more than `max_lag_s`, the gap is filled with silence so speech stays in place.
+    Each chunk's arrival says when it was sent, give or take how long it was held up on the way
+    (never less), and the sample count says where it follows the previous one. The stream is
+    anchored on the least held-up of its first `ANCHOR_CHUNKS` chunks (the first audio of a call
+    often comes in late), then placed by count. If the track stalls and the clock runs ahead by
+    more than `max_lag_s`, it is anchored again after a gap of silence.
     """
+
+    ANCHOR_CHUNKS = 10
 
     def __init__(self, track, timeline: SpeechTimeline, now: Callable[[], int], *, max_lag_s: float = 0.2) -> None:
         self._track = track
@@ -127,6 +132,7 @@ class MicrophoneReader:
         self._max_lag = int(max_lag_s * CLOCK_RATE)
         self._resampler: StreamingResampler | None = None
         self._layout = (0, 0)
+        self._first: list[tuple[int, np.ndarray]] | None = []  # (arrival estimate, samples) until anchored
 
     async def run(self, on_chunk: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -141,11 +147,26 @@ class MicrophoneReader:
             samples = await loop.run_in_executor(None, self._resampler.push_frame, frame)
             if not len(samples):
                 continue
-            pts = self._timeline.position
             sent = self._now() - RECEIVE_AUDIO_HOLD - len(samples)  # where this chunk starts, by arrival
-            if sent - pts > self._max_lag:  # first audio, or the track stalled: re-anchor to arrival
+            samples = np.asarray(samples, np.float32)
+            if self._first is not None:
+                self._first.append((sent, samples))
+                if len(self._first) >= self.ANCHOR_CHUNKS:
+                    await self._anchor()
+                continue
+            pts = self._timeline.position
+            if sent - pts > self._max_lag:  # the track stalled: start again from arrival
                 pts = sent
-            await self._timeline.append(AudioChunk(pts, np.asarray(samples, np.float32)))
+            await self._timeline.append(AudioChunk(pts, samples))
+
+    async def _anchor(self) -> None:
+        offsets, count = [], 0
+        for sent, samples in self._first:
+            offsets.append(sent - count)
+            count += len(samples)
+        start = max(min(offsets), self._timeline.position)
+        chunks, self._first = self._first, None
+        await self._timeline.append(AudioChunk(start, np.concatenate([s for _, s in chunks])))
 
 
 class SpeechRefused(ValueError):

@@ -1,14 +1,4 @@
-"""`lipsync-train`: corpus generation, preprocessing of real video, expert and generator training, evaluation.
-
-    lipsync-train corpus ...                        synthetic talking-head corpus (LRS2 layout)
-    lipsync-train preprocess VIDEOS... --out DIR    real video -> the same layout
-    lipsync-train expert --preset cpu-small --data-root DIR
-    lipsync-train generator --preset cpu-small --data-root DIR --expert-checkpoint runs/expert/checkpoint_step....pt
-    lipsync-train evaluate --data-root DIR --expert-checkpoint ... [--generator-checkpoint ...] [--syncnet-v2 PATH]
-
-Trainers run under `torchrun --nproc_per_node N -m training.cli expert ...` for several GPUs.
-Heavy modules are imported by the subcommand that needs them, so `--help` stays fast.
-"""
+"""`lipsync-train`: corpus generation, preprocessing of real video, expert and generator training, evaluation."""
 
 from __future__ import annotations
 
@@ -29,6 +19,19 @@ from training.config import (
 )
 
 logger = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  lipsync-train corpus --out data/corpus --clips 3000
+  lipsync-train preprocess videos/ --out data/lrs2_style --workers 2
+  lipsync-train expert --preset cpu-small --data-root data/corpus --out-dir runs/expert
+  lipsync-train generator --preset cpu-small --data-root data/corpus --out-dir runs/generator \\
+      --expert-checkpoint runs/expert/checkpoint_step000003000.pt
+  lipsync-train generator --resume auto --out-dir runs/generator
+  lipsync-train evaluate --data-root data/corpus --expert-checkpoint ... --generator-checkpoint ... [--syncnet-v2 PATH]
+  torchrun --nproc_per_node 4 -m training.cli expert --preset paper --data-root lrs2/   (DistributedDataParallel)
+
+Subcommands import what they need only when they run, so --help stays fast.
+"""
 
 
 def _add_resume(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +115,7 @@ def _add_corpus(subparsers: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lipsync-train", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="lipsync-train", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,9 +1,4 @@
-"""Training and evaluation configs: frozen dataclasses, named presets, and the CLI generated from them.
-
-A run's config is resolved in this order: dataclass defaults (the paper's values) < `--preset` <
-`--config FILE.json` < explicit flags; a resumed run starts from the config saved in its checkpoint.
-Unknown keys are rejected and the resolved config is written as JSON next to the run's outputs.
-"""
+"""Training and evaluation configs: frozen dataclasses, named presets, and the command-line flags generated from them."""
 
 from __future__ import annotations
 
@@ -298,6 +293,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(*flags, **kwargs)
 
 
+# Resolution order: dataclass defaults (the paper's values) < --preset < --config FILE.json < explicit
+# flags; a resumed run starts from the config saved in its checkpoint instead of defaults and preset.
 def config_from_args(
     cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None, extra_keys: tuple[str, ...] = ()
 ) -> T:

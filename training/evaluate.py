@@ -1,12 +1,4 @@
-"""Held-out evaluation: LSE-D / LSE-C of real, generated, shifted and mismatched clips, and the expert's off-sync accuracy.
-
-Sync is scored by syncnet_python's network (`--syncnet-v2 syncnet_v2.model`: 224x224 BGR frames,
-MFCC, unnormalised 1024-d embeddings, the paper's metric) when the user has its weights, and by the
-project's own expert otherwise (lower-half 96x96 crops and the 80x16 mel windows it was trained
-on; Euclidean distance between its L2-normalised embeddings, so distances lie in [0, 2] and the
-numbers are comparable between conditions of this report but not with the paper's). The report
-says which scorer produced it. Writes report.json and lse.png.
-"""
+"""Held-out evaluation: LSE-D / LSE-C of real, generated, shifted and mismatched clips, and the expert's off-sync accuracy."""
 
 from __future__ import annotations
 
@@ -328,7 +320,12 @@ def _summary(results: list[LSEResult]) -> dict[str, Any]:
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Score the split's clips under every condition and write report.json and lse.png into out_dir."""
+    """Score the split's clips under every condition and write report.json and lse.png into out_dir.
+
+    The scorer is syncnet_python's network when `syncnet_v2` weights are given (the paper's metric),
+    otherwise the project's expert, whose numbers compare conditions within one report but not
+    with the paper's; the report names the scorer.
+    """
     device = resolve_device(config.device)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)

@@ -1,8 +1,4 @@
-"""The generator's losses (reference 3.3, 3.7, 5.4): L1, the frozen expert's sync loss, the adversarial terms.
-
-Time windows arrive as (B, C, T, H, W); the networks take 4-D batches, so windows are folded
-time-major here (all B items of t=0, then t=1, ...), the order the original networks use.
-"""
+"""The generator's losses (reference 3.3, 3.7, 5.4): L1, the frozen expert's sync loss, the adversarial terms."""
 
 from __future__ import annotations
 
@@ -31,7 +27,7 @@ def cosine_bce(audio_emb: Tensor, face_emb: Tensor, target: Tensor) -> Tensor:
 
 
 def fold_time(x: Tensor) -> Tensor:
-    """(B, C, T, ...) -> (T*B, C, ...), time-major."""
+    """(B, C, T, ...) -> (T*B, C, ...), time-major (all B items of t=0, then t=1, ...), as the original networks fold."""
     return torch.cat([x[:, :, t] for t in range(x.shape[2])], dim=0)
 
 

@@ -1,10 +1,4 @@
-"""LSE-D / LSE-C, the lip-sync metrics of syncnet_python as Wav2Lip's evaluation computes them (reference 7.2),
-and the MFCC front end of syncnet_v2 (python_speech_features' `mfcc` with its defaults, written out).
-
-The metric works on any pair of per-window embeddings: video window i (frames i..i+4) against
-audio window j, an offset search over +-vshift windows with the audio zero-padded at both ends,
-Euclidean distances, LSE-D = the smallest mean distance over offsets, LSE-C = median - minimum.
-"""
+"""LSE-D / LSE-C as Wav2Lip's evaluation computes them with syncnet_python (reference 7.2), and syncnet_v2's MFCC front end."""
 
 from __future__ import annotations
 
@@ -126,7 +120,12 @@ class LSEResult:
 
 
 def lse_scores(video: torch.Tensor, audio: torch.Tensor, vshift: int = 15) -> LSEResult:
-    """LSE-D and LSE-C of one clip from per-window embeddings (SyncNetInstance.evaluate)."""
+    """LSE-D and LSE-C of one clip from per-window embeddings (SyncNetInstance.evaluate).
+
+    Video window i (frames i..i+4) is compared with audio windows i-vshift..i+vshift (zero vectors
+    past the ends); LSE-D is the smallest mean Euclidean distance over the offsets, LSE-C the
+    median of the mean distances minus that minimum.
+    """
     if video.shape[0] == 0:
         raise ValueError("no windows to score (the clip is shorter than 6 frames or its audio than 0.24 s)")
     mdist = calc_pdist(video.float(), audio.float(), vshift).mean(dim=0)

@@ -1,8 +1,4 @@
-"""What both trainers share: process group and device, a resumable distributed sampler, the metrics CSV, checkpoint files.
-
-A trainer launched by `torchrun` (WORLD_SIZE > 1) joins a process group (NCCL on GPUs, gloo on
-CPUs); rank 0 alone writes logs, samples and checkpoints.
-"""
+"""What both trainers share: the step loop, process group and device, a resumable sampler, metrics CSV, checkpoint files."""
 
 from __future__ import annotations
 
@@ -53,7 +49,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_distributed(device: str, torch_threads: int = 0) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (one GPU per process); otherwise a single process."""
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL, one GPU per process; gloo on CPUs).
+
+    Rank 0 alone writes logs, samples and checkpoints.
+    """
     if torch_threads:
         torch.set_num_threads(torch_threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,10 +1,4 @@
-"""Training of the lip-sync expert (SyncNet_color, reference 3.4-3.5): BCE on the cosine similarity of
-the embeddings of 5 lower-half frames and a 200 ms mel window, aligned (y=1) or shifted (y=0).
-
-Adam with default betas and no schedule, as in color_syncnet_train.py. Checkpoints hold
-`{model, config, optimizer, step, extra}`; `--resume` continues a run; `torchrun` runs it with
-DistributedDataParallel.
-"""
+"""Training of the lip-sync expert (SyncNet_color, reference 3.4-3.5): BCE on the cosine similarity of its embeddings."""
 
 from __future__ import annotations
 
@@ -38,7 +32,10 @@ def _correct(audio_emb: Tensor, face_emb: Tensor, y: Tensor) -> Tensor:
 
 
 class ExpertTrainer(TrainLoop):
-    """One expert run: the network, its optimiser, the datasets."""
+    """One expert run: 5 lower-half frames vs a 200 ms mel window, aligned (y=1) or shifted (y=0).
+
+    Adam with default betas and no schedule, as color_syncnet_train.py.
+    """
 
     name = "expert"
 

@@ -1,11 +1,4 @@
-"""Generator training against the frozen lip-sync expert, with the visual-quality GAN (hq_wav2lip_train, reference 3.7, 5).
-
-Loss: `syncnet_wt * E_sync + disc_wt * L_adv + (1 - syncnet_wt - disc_wt) * L1`; syncnet_wt is 0 until
-the validation sync loss first drops below `sync_threshold` (0.75), then `config.syncnet_wt` (0.03)
-for good. With disc_wt 0 no discriminator is built (the non-GAN model). Checkpoints hold the
-generator, its optimizer, the step, the switch state and the discriminator, so `--resume` picks up
-exactly where a run stopped. Launch with `torchrun --nproc_per_node N` for DistributedDataParallel.
-"""
+"""Generator training against the frozen lip-sync expert, with the visual-quality GAN (hq_wav2lip_train, reference 3.7, 5)."""
 
 from __future__ import annotations
 
@@ -67,7 +60,13 @@ def sample_grid(x: Tensor, generated: Tensor, gt: Tensor, max_items: int = 2) ->
 
 
 class GeneratorTrainer(TrainLoop):
-    """One generator run: generator, frozen expert, quality discriminator, optimisers and the sync switch."""
+    """One generator run: generator, frozen expert, quality discriminator, optimisers and the sync switch.
+
+    Loss `syncnet_wt * E_sync + disc_wt * L_adv + (1 - syncnet_wt - disc_wt) * L1`; syncnet_wt is 0
+    until the validation sync loss first drops below `sync_threshold` (0.75), then
+    `config.syncnet_wt` (0.03) for good. With disc_wt 0 no discriminator is built (the non-GAN
+    model). Checkpoints hold the switch state and the discriminator too, so a resume is exact.
+    """
 
     name = "generator"
 

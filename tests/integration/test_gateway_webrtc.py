@@ -241,7 +241,7 @@ async def test_no_face_in_view_passes_video_through(gateway) -> None:
         await stream(client, n / FPS)
         stats = await client.stats()
     returned = {index: image for _, index, image in client.received.video if index is not None and index < n}
-    assert len([i for i in returned if i >= FPS]) > 0.8 * (n - FPS)  # the first second may go to start-up
+    assert len([i for i in returned if i >= FPS]) > 0.7 * (n - FPS), stats  # the first second may go to start-up
     # Everything below the index stamp equals the input up to VP8's loss.
     diffs = [
         np.abs(image[BLOCK_ROWS:].astype(np.float32) - empty[i][BLOCK_ROWS:]).mean() for i, image in returned.items()

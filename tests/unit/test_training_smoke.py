@@ -1,9 +1,4 @@
-"""The training loop end to end on a tiny corpus: datasets, both trainers, resume, evaluation, the CLI.
-
-The corpus is written here: rendered faces whose mouth opening follows the audio envelope, with
-each frame's number stamped into a corner so the tests can read which frames a sample holds.
-This proves the code runs and resumes; it says nothing about model quality.
-"""
+"""The training loop end to end on a tiny corpus whose frames carry their own number: datasets, trainers, resume, evaluation, CLI."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""Datasets over the preprocessed LRS2 layout: `<root>/<group>/<clip>/{i}.jpg` + `audio.wav`, filelists in `<root>/filelists/`.
-
-The synthetic corpus, preprocessed LRS2/LRS3 and a user's own recordings all use this layout.
-Windows follow the original training code (reference 3.4, 4.4, 5.3): 5 consecutive numbered
-frames (a window across a numbering gap is rejected), the mel window of a frame starts at
-`int(80 * frame / 25)` and is 16 mel frames (200 ms) long. Unlike the original, every sample is a
-pure function of (seed, epoch, index) (the key
-`epoch * len + index` selects it), and each clip's mel is computed once per worker.
-"""
+"""Datasets over the preprocessed LRS2 layout (`<root>/<group>/<clip>/{i}.jpg` + `audio.wav`, `<root>/filelists/`)."""
 
 from __future__ import annotations
 
@@ -162,7 +154,13 @@ def frames_to_window(frames: list[np.ndarray]) -> np.ndarray:
 
 
 class _ClipDataset(Dataset):
-    """Shared machinery: clip list, deterministic per-sample RNG, mel cache, window reading."""
+    """Clip list, per-sample RNG, mel cache and window reading shared by both datasets.
+
+    Windows follow the original training code (reference 3.4, 4.4, 5.3): 5 consecutive numbered
+    frames (a window across a numbering gap is rejected) and mel windows of 16 columns (200 ms)
+    from `int(80 * frame / 25)`. Unlike the original, a sample is a pure function of (seed, epoch,
+    index) and each clip's mel is computed once per worker.
+    """
 
     def __init__(
         self,

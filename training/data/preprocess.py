@@ -1,11 +1,4 @@
-"""Real video -> the training layout: `<out>/<group>/<clip>/{i}.jpg` (96x96 face crops at 25 fps) + `audio.wav` (16 kHz).
-
-The counterpart of the original preprocess.py (reference 5.6) for LRS2/LRS3 or a user's own
-recordings: PyAV decode, resampling to 25 fps by nearest timestamp, the project's face tracker run
-as a detector on every frame, the inference crop (padded box, 96x96), frames without a face left
-out (a numbering gap the datasets skip), audio decoded and resampled to 16 kHz mono. A clip whose
-audio.wav exists is done and skipped on a rerun. Filelists are written when none exist.
-"""
+"""Real video (LRS2/LRS3 or one's own recordings) -> the training layout: 25 fps 96x96 face crops + 16 kHz audio.wav."""
 
 from __future__ import annotations
 
@@ -110,7 +103,12 @@ def preprocess_video(
     smoothing: float = 0.8,
     jpeg_quality: int = 95,
 ) -> ClipReport:
-    """One video -> numbered face crops and audio.wav in `out_dir`."""
+    """One video -> numbered face crops and audio.wav in `out_dir` (the counterpart of the original preprocess.py).
+
+    The tracker detects on every frame; the crop is the inference crop (padded box, 96x96); a frame
+    without a face leaves a gap in the numbering, which the datasets skip. audio.wav is written
+    last, so a clip that has it is done and skipped on a rerun.
+    """
     from client.audio import load_audio
     from client.face_crop import crop_face, pad_box
     from client.face_tracking import FaceTracker, TrackerConfig

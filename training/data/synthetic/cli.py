@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=d.workers, help="processes (default min(2, CPUs) = %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="generate nothing: write the filelists for the clips an interrupted run already finished",
+    )
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -94,7 +99,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     from .config import CorpusConfig
-    from .corpus import generate_corpus
+    from .corpus import generate_corpus, write_filelists_for_finished
     from .espeak import EspeakError
 
     try:
@@ -115,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if args.finished_only:
+        print(json.dumps(write_filelists_for_finished(cfg), indent=2))
+        return 0
     try:
         summary = generate_corpus(cfg, progress=not args.no_progress)
     except EspeakError as exc:

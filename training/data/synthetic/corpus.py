@@ -266,6 +266,17 @@ def generate_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     return summary
 
 
+def write_filelists_for_finished(cfg: CorpusConfig) -> dict[str, int]:
+    """Filelists for the clips an interrupted run finished, so training can start on a partial corpus.
+
+    Resuming the full run later rewrites them for the whole corpus.
+    """
+    specs, _ = plan_corpus(cfg)
+    done = [s for s in specs if os.path.exists(os.path.join(cfg.root, s.group, s.clip_id, ".record.json"))]
+    write_filelists(cfg.root, done)
+    return {split: sum(1 for s in done if s.split == split) for split in SPLITS}
+
+
 def write_filelists(root: str, specs: list[ClipSpec]) -> None:
     os.makedirs(os.path.join(root, "filelists"), exist_ok=True)
     for split in SPLITS:
