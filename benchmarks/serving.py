@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2
 
 from benchmarks.machine import describe_machine
 from client import contract
+from client.backends.base import BackendError
 from client.backends.onnxruntime import OnnxRuntimeBackend
 from client.backends.triton import TritonBackend
 from client.triton_server import EmbeddedTritonServer
@@ -53,7 +54,9 @@ QUICK = Plan(widths=(0.5,), batches=(1, 8, 32), concurrency=(1, 4, 16), seconds=
 
 @dataclass
 class Row:
-    sweep: str  # "baseline", "batch" (one call/request of B frames) or "concurrency" (C one-frame requests)
+    # "baseline", "batch" (one call/request of B frames), "concurrency" (C one-frame requests) or
+    # "overhead" (a frame the model rejects unrun: transport and batcher cost alone)
+    sweep: str
     path: str  # "pytorch eager" | "onnxruntime in-process" | "triton"
     width: float
     batch: int  # frames per request / call
@@ -154,6 +157,25 @@ def measure_triton_batches(backend: TritonBackend, width: float, plan: Plan) -> 
     return rows
 
 
+def measure_triton_overhead(backend: TritonBackend, width: float, plan: Plan) -> Row:
+    """Round trip of a frame the model rejects before inference (a NaN): gRPC upload, the batcher's queue
+    delay and the Python backend's hand-off, without compute. Bounds what shared memory could save."""
+    mel, faces = random_inputs(1)
+    faces[0, 0, 0, 0] = np.nan
+
+    def call() -> None:
+        try:
+            backend.infer(mel, faces)
+        except BackendError:
+            pass
+        else:
+            raise RuntimeError("the served model accepted a NaN frame")
+
+    row = row_from("overhead", "triton, no compute", width, 1, timed_calls(call, plan.seconds / 4), batching="dynamic")
+    row.fps = 0.0  # no frames come back: only the latency means something
+    return row
+
+
 async def closed_loop(backend: TritonBackend, concurrency: int, seconds: float) -> tuple[list[float], float]:
     """`concurrency` clients, each sending one frame per request and the next as soon as it returns."""
     mel, faces = random_inputs(concurrency, seed=concurrency)
@@ -220,6 +242,7 @@ def measure_width(width: float, plan: Plan, workdir: Path, log) -> list[Row]:
         with EmbeddedTritonServer(repository) as server:
             backend = TritonBackend(server.grpc_url, timeout_s=60)
             if batching == "dynamic":
+                rows.append(measure_triton_overhead(backend, width, plan))
                 rows += measure_triton_batches(backend, width, plan)
             rows += measure_triton_concurrency(backend, width, plan, batching)
             backend.close()

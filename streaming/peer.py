@@ -284,6 +284,8 @@ def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
     Video delay: arrival of frame k back at the client minus when frame k was sent. Audio delay:
     found by cross-correlating the returned audio with the sent speech (the lag in samples), then
     read off the arrival times of the returned audio. Zero means lips and sound arrive together.
+    This is what a player that plays everything on arrival shows; it includes the video's encode and
+    decode time (audio's is far shorter), which a browser's RTCP lip sync would take out.
     """
     got, arrival = client.received.audio_16k()
     sent = np.concatenate([speech, np.zeros(max(0, len(got) - len(speech)), np.float32)])[: len(got)]

@@ -39,7 +39,7 @@ from streaming.inference import FrameInference
 from streaming.metrics import GatewayObserver
 from streaming.presenter import PresenterSource
 from streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
-from streaming.speech_source import SpeechRefused
+from streaming.speech_source import SpeechQueueFull, SpeechRefused
 from streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
 logger = logging.getLogger(__name__)
@@ -252,10 +252,12 @@ class Gateway:
 
         @pc.on("track")
         def on_track(track) -> None:
-            if track.kind == "video" and options.mode == "camera":
-                session.read_video_track(track)
-            elif track.kind == "audio":
+            if track.kind == "audio":
                 session.read_audio_track(track)
+            elif options.mode == "camera":
+                session.read_video_track(track)
+            else:
+                session.drain_track(track)  # a presenter session has its face on the server
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -383,7 +385,7 @@ class Gateway:
                 carry = data[len(data) - len(data) % 2 :]
                 await target.push_pcm(data[: len(data) - len(carry)], rate)
         except SpeechRefused as exc:
-            raise ApiError(413 if "queued" in str(exc) else 400, str(exc)) from exc
+            raise ApiError(413 if isinstance(exc, SpeechQueueFull) else 400, str(exc)) from exc
         return web.json_response({"queued_s": round(target.queued_s, 3), "received_s": round(target.received_s, 3)})
 
 

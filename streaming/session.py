@@ -258,7 +258,7 @@ class Session:
         )
         self.push_speech: PushSpeech | None = None
         self._frames_in = 0
-        self._last_input = time.monotonic()
+        self._last_input: float | None = None  # when the peer last sent media
         self._on_idle = on_idle
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
@@ -310,7 +310,6 @@ class Session:
         ):
             self.observer.dropped(self.id, "bad_size")
             return False
-        self._last_input = time.monotonic()
         pts = max(self.clock.now() - int(hold * CLOCK_RATE), 0)
         frame = VideoFrame(pts, image, self._frames_in, arrived or time.monotonic())
         self._frames_in += 1
@@ -327,6 +326,7 @@ class Session:
             while True:
                 frame = await track.recv()
                 arrived = time.monotonic()
+                self._touch()
                 # aiortc releases a video frame when the next one's first packet arrives: the frame
                 # was sent about one frame interval earlier (tracked here, bounded to 100 ms).
                 if previous is not None:
@@ -343,12 +343,17 @@ class Session:
     def read_audio_track(self, track) -> None:
         """Use the peer's microphone as the speech source (ignored in push mode, but drained)."""
         if self.options.speech == "push":
-            self._spawn(self._until_track_ends(lambda: self._drain(track)), "audio-drain")
+            self.drain_track(track)
             return
         reader = MicrophoneReader(track, self.timeline, self.clock.now)
         self._spawn(self._until_track_ends(lambda: reader.run(on_chunk=self._touch)), "audio-in")
 
+    def drain_track(self, track) -> None:
+        """Read and discard a track the session does not use (aiortc would queue its frames without bound)."""
+        self._spawn(self._until_track_ends(lambda: self._drain(track)), f"{track.kind}-drain")
+
     def _touch(self) -> None:
+        """The peer sent media: it is still there."""
         self._last_input = time.monotonic()
 
     async def _drain(self, track) -> None:
@@ -388,7 +393,8 @@ class Session:
         idle = self.config.session_idle_s
         while True:
             await asyncio.sleep(min(idle / 4, 1.0))
-            if time.monotonic() - self._last_input > idle:
+            # Only a peer that sends media can go quiet; a receive-only one is watched by ICE consent.
+            if self._last_input is not None and time.monotonic() - self._last_input > idle:
                 logger.info("no media for %.1f s; closing", idle, extra={"session_id": self.id})
                 if self._on_idle is not None:
                     await self._on_idle(self)

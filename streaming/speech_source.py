@@ -170,7 +170,11 @@ class MicrophoneReader:
 
 
 class SpeechRefused(ValueError):
-    """Pushed speech that the session will not take (too much queued, bad rate); the message says which."""
+    """Pushed speech that the session will not take (bad rate, odd byte count); the message says which."""
+
+
+class SpeechQueueFull(SpeechRefused):
+    """More pushed speech than the session may hold ahead of playback."""
 
 
 class PushSpeech:
@@ -222,7 +226,7 @@ class PushSpeech:
             raise SpeechRefused(f"sample rate must be in 8000..96000 Hz, got {sample_rate}")
         incoming = len(samples) * CLOCK_RATE // sample_rate
         if self._queued + incoming > self._max:
-            raise SpeechRefused(f"more than {self._max / CLOCK_RATE:.0f} s of speech queued; wait or interrupt")
+            raise SpeechQueueFull(f"more than {self._max / CLOCK_RATE:.0f} s of speech queued; wait or interrupt")
         async with self._lock:  # keeps chunks in order while the resampler runs off the loop
             if sample_rate != self._rate or self._resampler is None:
                 self._rate = sample_rate

@@ -50,6 +50,8 @@ class OnnxRuntimeBackend(LipSyncBackend):
             i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in self._session.get_inputs()
         }
         self.model_path = path
+        # Provenance written by `lipsync-export` (weights: trained | random, checkpoint, width, ...).
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.max_batch = max_batch
         log.info("ONNX Runtime model %s loaded (%d threads)", path, options.intra_op_num_threads)
 

@@ -141,7 +141,7 @@ async def test_session_cap_answers_503_and_frees_on_delete() -> None:
 
 
 async def test_speech_endpoints_check_the_session() -> None:
-    client, _ = await make_client()
+    client, _ = await make_client(max_speech_seconds=2.0)
     try:
         assert (await client.post("/speech/nope?rate=16000", data=b"\0\0")).status == 404
         pc, sdp = await real_offer()
@@ -155,6 +155,8 @@ async def test_speech_endpoints_check_the_session() -> None:
         assert (await client.post(f"/speech/{sid}?rate=abc", data=b"\0\0")).status == 400
         ok = await client.post(f"/speech/{sid}?rate=16000", data=b"\0\0" * 16000)
         assert ok.status == 200 and (await ok.json())["queued_s"] == pytest.approx(1.0, abs=0.05)
+        full = await client.post(f"/speech/{sid}?rate=16000", data=b"\0\0" * 32000)  # 2 s more than fits
+        assert full.status == 413 and "speech queued" in await error_of(full)
         # The WebSocket form: rate by message, interrupt flushes.
         async with client.ws_connect(f"/speech/{sid}") as ws:
             await ws.send_bytes(b"\0\0" * 100)
