@@ -20,6 +20,27 @@ def clock_to_seconds(pts: int) -> float:
     return pts / CLOCK_RATE
 
 
+class SenderClock:
+    """One received track's timestamps as seconds since its first frame, by the sender's clock.
+
+    aiortc hands received frames over with the RTP timestamp as pts: 32 bits from a random start,
+    wrapping. Unwrapped, it says where a frame sits in the sender's stream however late it came.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._ticks = 0
+
+    def seconds(self, pts: int | None, time_base) -> float | None:
+        if pts is None or time_base is None:
+            return None
+        if self._last is not None:
+            delta = (int(pts) - self._last) % 2**32
+            self._ticks += delta - 2**32 if delta >= 2**31 else delta
+        self._last = int(pts)
+        return float(self._ticks * time_base)
+
+
 @dataclass(frozen=True, eq=False)
 class VideoFrame:
     """A camera (or presenter) picture: BGR uint8 (h, w, 3), captured at clock `pts`."""

@@ -25,7 +25,7 @@ from client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from client.face_tracking import FaceTracker
 from streaming.av_sync import AvSynchronizer, MediaClock
 from streaming.config import GatewayConfig
-from streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, VideoFrame, clock_to_seconds
+from streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, SenderClock, VideoFrame, clock_to_seconds
 from streaming.inference import FrameInference
 from streaming.metrics import GatewayObserver
 from streaming.speech_source import MicrophoneReader, PushSpeech, SpeechTimeline
@@ -295,12 +295,8 @@ class Session:
         await self._track.warmed.wait()
 
     # -- inputs
-    def submit_video(self, image: np.ndarray, arrived: float | None = None, hold: float = 0.0) -> bool:
-        """Stamp a BGR picture on the clock and queue it for tracking; False if it was refused.
-
-        hold: seconds the picture spent in the receiver before it was handed over (the stamp is
-        moved back by that much, so it names the time it was sent).
-        """
+    def submit_video(self, image: np.ndarray, arrived: float | None = None, pts: int | None = None) -> bool:
+        """Queue a BGR picture captured at clock `pts` (default: now) for tracking; False if refused."""
         h, w = image.shape[:2]
         if (
             image.ndim != 3
@@ -310,33 +306,49 @@ class Session:
         ):
             self.observer.dropped(self.id, "bad_size")
             return False
-        pts = max(self.clock.now() - int(hold * CLOCK_RATE), 0)
+        pts = self.clock.now() if pts is None else max(pts, 0)
         frame = VideoFrame(pts, image, self._frames_in, arrived or time.monotonic())
         self._frames_in += 1
         self._track.push(frame)
         return True
 
     def read_video_track(self, track) -> None:
-        """Consume an aiortc video track into the pipeline (the conversion to BGR runs off the loop)."""
+        """Consume an aiortc video track into the pipeline (the conversion to BGR runs off the loop).
+
+        Frames are stamped by the sender's timestamps, anchored on the least delayed arrival so
+        far: a frame that was held up (decoding behind, a burst) keeps the time it was captured.
+        aiortc releases a frame when the next one's first packet arrives, so an arrival is also
+        taken back by one frame interval (tracked, at most 100 ms).
+        """
 
         async def run() -> None:
             loop = asyncio.get_running_loop()
-            previous = None
+            sender = SenderClock()
+            anchor: int | None = None
+            previous: float | None = None
             interval = 1.0 / self.config.fps
             while True:
                 frame = await track.recv()
                 arrived = time.monotonic()
                 self._touch()
-                # aiortc releases a video frame when the next one's first packet arrives: the frame
-                # was sent about one frame interval earlier (tracked here, bounded to 100 ms).
                 if previous is not None:
                     interval += 0.1 * (min(max(arrived - previous, 0.0), 0.1) - interval)
                 previous = arrived
                 if frame.width > self.config.max_frame_width or frame.height > self.config.max_frame_height:
                     self.observer.dropped(self.id, "bad_size")
                     continue
+                at = sender.seconds(frame.pts, frame.time_base)
+                by_arrival = self.clock.now() - int(interval * CLOCK_RATE)
+                if at is None:
+                    pts = by_arrival
+                else:
+                    candidate = by_arrival - int(at * CLOCK_RATE)
+                    # Earlier than the anchor: a less delayed frame. Far later: the sender restarted.
+                    if anchor is None or candidate < anchor or candidate - anchor > 2 * CLOCK_RATE:
+                        anchor = candidate
+                    pts = anchor + int(at * CLOCK_RATE)
                 image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
-                self.submit_video(image, arrived, hold=interval)
+                self.submit_video(image, arrived, pts)
 
         self._spawn(self._until_track_ends(run), "video-in")
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from client import contract
 from client.streaming_mel import StreamingMel, StreamingResampler
-from streaming.frames import CLOCK_RATE, AudioChunk
+from streaming.frames import CLOCK_RATE, AudioChunk, SenderClock
 from streaming.vad import VoiceActivity
 
 logger = logging.getLogger(__name__)
@@ -117,22 +117,37 @@ class MicrophoneReader:
     """Reads the peer's audio track into the timeline, stamped by the session clock.
 
     Each chunk's arrival says when it was sent, give or take how long it was held up on the way
-    (never less), and the sample count says where it follows the previous one. The stream is
+    (never less); its RTP timestamp says where it sits in the sender's stream. The stream is
     anchored on the least held-up of its first `ANCHOR_CHUNKS` chunks (the first audio of a call
-    often comes in late), then placed by count. If the track stalls and the clock runs ahead by
-    more than `max_lag_s`, it is anchored again after a gap of silence.
+    often comes in late) and then placed by the sender's timestamps: a late burst lands where it
+    belongs, lost packets leave silence. A gap of more than `max_gap_s` (a muted or restarted
+    sender) starts a new anchoring.
     """
 
     ANCHOR_CHUNKS = 10
 
-    def __init__(self, track, timeline: SpeechTimeline, now: Callable[[], int], *, max_lag_s: float = 0.2) -> None:
+    def __init__(self, track, timeline: SpeechTimeline, now: Callable[[], int], *, max_gap_s: float = 2.0) -> None:
         self._track = track
         self._timeline = timeline
         self._now = now
-        self._max_lag = int(max_lag_s * CLOCK_RATE)
+        self._max_gap_s = max_gap_s
         self._resampler: StreamingResampler | None = None
         self._layout = (0, 0)
+        self._sender = SenderClock()
+        self._fed = 0  # input samples given to the resampler (lost ones as zeros)
         self._first: list[tuple[int, np.ndarray]] | None = []  # (arrival estimate, samples) until anchored
+        self.filled_s = 0.0  # seconds of lost packets played as silence
+
+    def _restart(self, layout: tuple[int, int]) -> None:
+        self._layout = layout
+        self._resampler = StreamingResampler(layout[0], CLOCK_RATE, channels=layout[1])
+        self._first = []
+
+    def _feed(self, frame, gap: int) -> np.ndarray:
+        # Runs in an executor: resampling is the CPU work of the microphone path.
+        out = [self._resampler.push(np.zeros((gap, self._layout[1]), np.float32))] if gap > 0 else []
+        out.append(self._resampler.push_frame(frame))
+        return np.concatenate(out).astype(np.float32, copy=False)
 
     async def run(self, on_chunk: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
@@ -141,23 +156,27 @@ class MicrophoneReader:
             if on_chunk is not None:
                 on_chunk()
             layout = (frame.sample_rate, frame.layout.nb_channels)
-            if layout != self._layout:
-                self._layout = layout
-                self._resampler = StreamingResampler(frame.sample_rate, CLOCK_RATE, channels=layout[1])
-            samples = await loop.run_in_executor(None, self._resampler.push_frame, frame)
+            at = self._sender.seconds(frame.pts, frame.time_base)
+            expected = self._fed if at is None else round(at * frame.sample_rate)
+            gap = expected - self._fed
+            if layout != self._layout or gap > self._max_gap_s * frame.sample_rate:
+                self._restart(layout)
+                self._fed, gap = expected, 0
+            elif gap < -frame.samples // 2:  # a duplicate or a packet from before: already played
+                continue
+            gap = max(gap, 0)
+            self.filled_s += gap / frame.sample_rate
+            samples = await loop.run_in_executor(None, self._feed, frame, gap)
+            self._fed += gap + frame.samples
             if not len(samples):
                 continue
             sent = self._now() - RECEIVE_AUDIO_HOLD - len(samples)  # where this chunk starts, by arrival
-            samples = np.asarray(samples, np.float32)
             if self._first is not None:
                 self._first.append((sent, samples))
                 if len(self._first) >= self.ANCHOR_CHUNKS:
                     await self._anchor()
                 continue
-            pts = self._timeline.position
-            if sent - pts > self._max_lag:  # the track stalled: start again from arrival
-                pts = sent
-            await self._timeline.append(AudioChunk(pts, samples))
+            await self._timeline.append(AudioChunk(self._timeline.position, samples))
 
     async def _anchor(self) -> None:
         offsets, count = [], 0
