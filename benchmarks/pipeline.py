@@ -44,7 +44,7 @@ from streaming.peer import GatewayClient
 RESULTS = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FPS = 25
-PASS_THROUGH = ("timeout", "error", "backend_unavailable", "no_audio")
+PASS_THROUGH = ("timeout", "error", "backend_unavailable", "no_audio", "overloaded")
 
 
 @dataclass(frozen=True)

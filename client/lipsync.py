@@ -170,6 +170,9 @@ def describe_weights(backend: LipSyncBackend) -> str:
     if kind == "random":
         return "UNTRAINED random weights: the mouth will not follow the speech"
     source = metadata.get("checkpoint") or str(getattr(backend, "model_path", "") or getattr(backend, "checkpoint", ""))
+    steps = metadata.get("training_steps")
+    if steps not in (None, "unknown"):
+        kind = f"{kind} for {steps} steps"
     return f"{kind} ({source})" if source else kind
 
 

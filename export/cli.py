@@ -98,6 +98,19 @@ class ExportError(RuntimeError):
     pass
 
 
+def _training_steps(checkpoint: Path) -> int | str:
+    """Optimiser steps behind the weights: ours store `step`, the released files `global_step`."""
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # TorchScript archives and other formats carry no step
+        return "unknown"
+    if isinstance(state, dict):
+        return state.get("step", state.get("global_step", "unknown"))
+    return "unknown"
+
+
 def _load_model(config: ExportConfig):
     import torch
 
@@ -123,6 +136,8 @@ def _load_model(config: ExportConfig):
         "checkpoint": source,
         "width": str(model.config.width),
     }
+    if not config.random_weights:
+        metadata["training_steps"] = str(_training_steps(Path(checkpoint)))
     return model, metadata, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
 
 

@@ -74,7 +74,7 @@ class OutputFrame:
     """What the outgoing video track sends for one input frame.
 
     `outcome` says why it looks the way it does: "generated", or a pass-through reason:
-    "silence", "no_face", "backend_unavailable", "timeout", "error".
+    "silence", "no_face", "no_audio", "backend_unavailable", "overloaded", "timeout", "error".
     """
 
     video: VideoFrame

@@ -21,12 +21,34 @@ logger = logging.getLogger(__name__)
 
 
 class FrameInference:
-    def __init__(self, backend: LipSyncBackend, observer: GatewayObserver, *, timeout_s: float, retry_s: float) -> None:
+    """Sends frames to the backend, at most `limit` at a time across all sessions.
+
+    The limit is found by feedback (additive increase, multiplicative decrease, as TCP does): an
+    answer in time raises it by about one per round, a late or failed one cuts it by 30 %. A frame
+    waits for a free slot only as long as its deadline leaves room for a typical answer; when the
+    backend cannot keep up, the frames beyond the limit pass through ("overloaded") and the ones
+    sent still come back in time, instead of every request queueing past its deadline.
+    """
+
+    def __init__(
+        self,
+        backend: LipSyncBackend,
+        observer: GatewayObserver,
+        *,
+        timeout_s: float,
+        retry_s: float,
+        max_in_flight: int = 32,
+    ) -> None:
         self.backend = backend
         self._observer = observer
         self._timeout = timeout_s
         self._retry = retry_s
         self._down_until = 0.0
+        self._max_in_flight = max_in_flight
+        self.limit = float(max_in_flight)
+        self.in_flight = 0
+        self._slot_freed = asyncio.Event()
+        self._service_s = 0.0  # moving average of the time an answer takes
 
     async def warm_up(self, max_batch: int = 8, rounds: int = 2) -> None:
         """Send 1..max_batch concurrent requests, so the first live frames meet no cold batch shapes.
@@ -59,19 +81,24 @@ class FrameInference:
     async def generate(self, mel: np.ndarray, face: np.ndarray, deadline: float) -> tuple[np.ndarray | None, str]:
         """(generated (3,96,96) float32 or None, outcome) for one frame's (80,16) mel and (6,96,96) face.
 
-        The outcome is "generated", or why not: "backend_unavailable", "timeout", "error".
+        The outcome is "generated", or why not: "backend_unavailable", "overloaded", "timeout", "error".
         """
         if not self.available:
             return None, "backend_unavailable"
-        budget = min(self._timeout, deadline - time.monotonic())
-        if budget <= 0:
+        if deadline <= time.monotonic():
             return None, "timeout"
+        if not await self._slot(deadline - self._service_s):
+            return None, "overloaded"
+        sent = time.monotonic()
+        budget = min(self._timeout, deadline - sent)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(budget):
                 out = await self.backend.infer_async(mel[None, None].astype(np.float32), face[None].astype(np.float32))
         except TimeoutError:
             logger.debug("inference took over its %.0f ms budget", 1000 * budget)
             self._observer.backend_error("timeout")
+            self._slower()
             return None, "timeout"
         except BackendUnavailable as exc:
             if self.available:
@@ -87,5 +114,27 @@ class FrameInference:
         except (BackendError, ValueError) as exc:
             logger.warning("inference failed: %s", exc)
             self._observer.backend_error("error")
+            self._slower()
             return None, "error"
+        finally:
+            self.in_flight -= 1
+            self._slot_freed.set()
+        self._service_s += 0.1 * (time.monotonic() - sent - self._service_s)
+        self.limit = min(float(self._max_in_flight), self.limit + 1.0 / self.limit)
         return out[0], "generated"
+
+    async def _slot(self, until: float) -> bool:
+        """Wait for in_flight < limit until `until` (time.monotonic()); False if none came."""
+        while self.in_flight >= int(self.limit):
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+            except TimeoutError:
+                return self.in_flight < int(self.limit)
+        return True
+
+    def _slower(self) -> None:
+        self.limit = max(1.0, 0.7 * self.limit)

@@ -119,7 +119,11 @@ class Gateway:
         if self._backend is None:
             self._backend = create_backend(self.config.backend, **self.config.backend_options())
         self.inference = FrameInference(
-            self._backend, self.observer, timeout_s=self.config.backend_timeout_s, retry_s=self.config.backend_retry_s
+            self._backend,
+            self.observer,
+            timeout_s=self.config.backend_timeout_s,
+            retry_s=self.config.backend_retry_s,
+            max_in_flight=self.config.inference_concurrency * self.config.max_sessions,
         )
         if self.config.warmup:
             await self.inference.warm_up(max_batch=min(8, self.config.inference_concurrency * self.config.max_sessions))

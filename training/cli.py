@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p, EvaluateConfig)
     p.set_defaults(func=_run_evaluate)
+
+    from training import publish
+
+    publish.add_subcommand(sub)
     return parser
 
 

@@ -197,7 +197,8 @@ async def test_mouth_follows_speech_and_av_stay_aligned(gateway) -> None:
     # Frames the backend could not finish in time pass through unchanged, by design: on a loaded
     # machine some do. The gateway counts them, so the changed share is held to what it reports.
     outcomes = stats["outcomes"]
-    attempted = sum(outcomes.get(k, 0) for k in ("generated", "timeout", "error", "no_audio", "backend_unavailable"))
+    missed = ("timeout", "error", "no_audio", "backend_unavailable", "overloaded")
+    attempted = outcomes.get("generated", 0) + sum(outcomes.get(k, 0) for k in missed)
     generated_share = outcomes.get("generated", 0) / max(attempted, 1)
     assert generated_share > 0.5, stats
     assert np.mean(np.array(inside) > CHANGED) > 0.8 * generated_share, (timeline, intervals, stats)

@@ -169,3 +169,31 @@ async def test_microphone_is_anchored_on_its_least_delayed_chunk() -> None:
     # the hold that aiortc's receiver would have added; the late first frame must not shift them.
     expected = (track.first_due - t0) * CLOCK_RATE + CLOCK_RATE // 2 - RECEIVE_AUDIO_HOLD - 320
     assert abs(onset - expected) < 0.03 * CLOCK_RATE, (onset, expected)
+
+
+class LossyTrack(SpeechTrack):
+    """Our speech track with one 20 ms packet lost on the way (its timestamp never arrives)."""
+
+    async def recv(self):
+        if self._n == 960 * 10:
+            await super().recv()  # sent, then lost
+        return await super().recv()
+
+
+async def test_lost_packets_leave_silence_and_keep_speech_in_place() -> None:
+    # A quiet tone for 0.5 s, then a loud one: a packet lost in the first half must not pull the second earlier.
+    speech = np.concatenate([np.full(CLOCK_RATE // 2, 0.1), np.full(CLOCK_RATE // 2, 0.5)]).astype(np.float32)
+    timeline = SpeechTimeline(VoiceActivity())
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() - 1.0
+    reader = MicrophoneReader(LossyTrack(speech), timeline, lambda: int((loop.time() - t0) * CLOCK_RATE))
+    task = asyncio.create_task(reader.run())
+    await asyncio.sleep(1.2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    samples, _ = timeline.read(0, timeline.position)
+    begin, onset = int(np.argmax(samples > 0.05)), int(np.argmax(samples > 0.3))
+    assert reader.filled_s == pytest.approx(0.02)
+    assert abs(onset - begin - CLOCK_RATE // 2) < 40, onset - begin  # without the fill: 320 samples short
+    lost = samples[begin + 10 * 320 + 40 : begin + 11 * 320 - 40]
+    assert np.abs(lost).max() < 0.02  # the lost 20 ms is silence
