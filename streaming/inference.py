@@ -69,6 +69,7 @@ class FrameInference:
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if any(isinstance(e, BackendUnavailable) for e in errors):
                     logger.warning("backend warm-up stopped: %s", errors[0])
+                    self._down_until = time.monotonic() + self._retry
                     return
                 # A timed-out request still ran on the server, which is what warming is for.
                 failed += len(errors)

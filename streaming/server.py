@@ -32,7 +32,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from client.backends import create_backend
-from client.backends.base import LipSyncBackend
+from client.backends.base import BackendError, LipSyncBackend
 from streaming.config import GatewayConfig, parse_args
 from streaming.ice import allow_loopback_candidates, rtc_configuration
 from streaming.inference import FrameInference
@@ -188,6 +188,9 @@ class Gateway:
                 "max_sessions": self.config.max_sessions,
                 "backend": self._backend.name if self._backend else None,
                 "backend_available": bool(self.inference and self.inference.available),
+                "inference_in_flight": (
+                    {"now": self.inference.in_flight, "limit": int(self.inference.limit)} if self.inference else None
+                ),
                 "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_SOURCES},
                 "presenter": self.presenter is not None,
             }
@@ -411,7 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(session)s%(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     logger.info("config: %s", json.dumps(config.public()))
-    gateway = Gateway(config)
+    try:  # setup errors are fatal, and said plainly
+        backend = create_backend(config.backend, **config.backend_options())
+        gateway = Gateway(config, backend=backend)
+    except (BackendError, OSError, ValueError) as exc:
+        print(f"lipsync-gateway: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     with contextlib.suppress(KeyboardInterrupt):
         web.run_app(gateway.app, host=config.host, port=config.port, print=lambda msg: logger.info(msg))
