@@ -61,7 +61,9 @@ SERVED_MODELS = (EMBEDDED_MODEL, ONNX_MODEL, TENSORRT_MODEL)
 def check_batch(mel: np.ndarray, faces: np.ndarray) -> int:
     """Validate a batch against the contract and return its size; raise ValueError naming the bad value."""
     if mel.ndim != 4 or mel.shape[1:] != MEL_INPUT.shape:
-        raise ValueError(f"{MEL_INPUT.name} must have shape (B, {', '.join(map(str, MEL_INPUT.shape))}), got {mel.shape}")
+        raise ValueError(
+            f"{MEL_INPUT.name} must have shape (B, {', '.join(map(str, MEL_INPUT.shape))}), got {mel.shape}"
+        )
     if faces.ndim != 4 or faces.shape[1:] != FACE_INPUT.shape:
         raise ValueError(
             f"{FACE_INPUT.name} must have shape (B, {', '.join(map(str, FACE_INPUT.shape))}), got {faces.shape}"

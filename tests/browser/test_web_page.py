@@ -21,7 +21,6 @@ from client import contract
 from client.backends.onnxruntime import OnnxRuntimeBackend
 from streaming.config import GatewayConfig
 from streaming.server import Gateway
-from tests.integration.conftest import triton_repository  # noqa: F401 - the shared random-weight model export
 from tests.media import moving_face_clip
 
 pytestmark = [
@@ -66,7 +65,7 @@ def write_speech_wav(path: Path, text: str) -> None:
 
 
 @pytest.fixture
-def lipsync_backend(triton_repository: Path) -> OnnxRuntimeBackend:  # noqa: F811
+def lipsync_backend(triton_repository: Path) -> OnnxRuntimeBackend:
     """The in-process backend (the gateway's no-server option) on the shared test model, one thread."""
     return OnnxRuntimeBackend(triton_repository / contract.EMBEDDED_MODEL / "1" / "model.onnx", threads=1)
 

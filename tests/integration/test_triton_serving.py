@@ -26,7 +26,7 @@ from export import model_repository
 from export.verify import random_inputs, real_inputs
 
 if TYPE_CHECKING:
-    from tests.integration.conftest import TritonDeployment
+    from tests.conftest import TritonDeployment
 
 pytestmark = pytest.mark.integration
 
