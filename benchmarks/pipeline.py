@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from benchmarks.synthetic_media import make_moving_face_clip
 from client import contract
 from client.audio import load_audio
@@ -337,12 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     sustained = [r.sessions for r in runs if r.sustained]
     at_fps = [r.sessions for r in runs if r.keeps_fps]
     report = {
-        "machine": machine,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "seconds": round(time.perf_counter() - started, 1),
-        "plan": asdict(plan),
-        # Other processes on a shared machine skew every figure; the 1-minute load says how much.
-        "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+        **report_header(plan, started, load_before),
         "notes": "random weights unless --repository (timing depends on width only); tritonserver (Python backend, "
         f"ONNX Runtime, {plan.ort_threads} intra-op thread), gateway process and peers share this machine; peers send "
         f"{plan.size[0]}x{plan.size[1]} VP8 at 25 fps with espeak-ng speech as microphone (~80 % of frames speech); "

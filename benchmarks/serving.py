@@ -25,7 +25,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, report_header
 from client import contract
 from client.backends.base import BackendError
 from client.backends.onnxruntime import OnnxRuntimeBackend
@@ -351,12 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure_width(width, plan, Path(tmp), log)
     add_ratios([baseline, *rows], baseline)
     report = {
-        "machine": machine,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "seconds": round(time.perf_counter() - started, 1),
-        "plan": asdict(plan),
-        # Other processes on a shared machine skew every figure; the 1-minute load says how much.
-        "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+        **report_header(plan, started, load_before),
         "notes": "random weights (timing depends on width only); Triton = embedded tritonserver, Python backend "
         "running ONNX Runtime on the same CPU as the clients; latency per request from the client; fps/base and "
         "p50/base are ratios to the baseline row; exec batch = mean batch size Triton executed",
