@@ -46,7 +46,27 @@ def _check_device(owner: object) -> None:
 
 
 @dataclass(frozen=True)
-class ExpertTrainConfig:
+class RunConfig:
+    """What every trainer shares: checkpoint retention, logging, data workers, seed and device."""
+
+    keep_checkpoints: int = field(default=3, metadata={"help": "step checkpoints kept on disk (0 = all)"})
+    log_interval: int = field(default=50, metadata={"help": "steps between metrics.csv rows"})
+    num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
+    mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+
+    def _check_run(self) -> None:
+        _positive(self, "log_interval")
+        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "torch_threads")
+        _check_device(self)
+
+
+@dataclass(frozen=True)
+class ExpertTrainConfig(RunConfig):
     """The lip-sync expert (SyncNet_color) trainer; defaults are the paper's (reference 3.5)."""
 
     data_root: str = field(default="data/corpus", metadata={"help": "corpus in the LRS2 layout with filelists/"})
@@ -61,26 +81,16 @@ class ExpertTrainConfig:
     eval_interval: int = field(default=10_000, metadata={"help": "steps between validation runs"})
     eval_batches: int = field(default=1400, metadata={"help": "validation batches per evaluation"})
     checkpoint_interval: int = field(default=10_000, metadata={"help": "steps between checkpoints"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "step checkpoints kept on disk (0 = all)"})
-    log_interval: int = field(default=50, metadata={"help": "steps between metrics.csv rows"})
-    num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
-    mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
-    torch_threads: int = field(
-        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
         _check_width(self, "width")
         _positive(self, "batch_size", "lr", "steps", "min_negative_offset", "eval_interval", "eval_batches")
-        _positive(self, "checkpoint_interval", "log_interval")
-        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "torch_threads")
-        _check_device(self)
+        _positive(self, "checkpoint_interval")
+        self._check_run()
 
 
 @dataclass(frozen=True)
-class GeneratorTrainConfig:
+class GeneratorTrainConfig(RunConfig):
     """The generator trainer with the frozen expert and the visual-quality GAN (hq_wav2lip_train, reference 5)."""
 
     data_root: str = field(default="data/corpus", metadata={"help": "corpus in the LRS2 layout with filelists/"})
@@ -111,22 +121,13 @@ class GeneratorTrainConfig:
     eval_batches: int = field(default=300, metadata={"help": "validation batches per evaluation"})
     checkpoint_interval: int = field(default=3000, metadata={"help": "steps between checkpoints"})
     sample_interval: int = field(default=3000, metadata={"help": "steps between PNG sample grids"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "step checkpoints kept on disk (0 = all)"})
-    log_interval: int = field(default=50, metadata={"help": "steps between metrics.csv rows"})
-    num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
-    mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
-    torch_threads: int = field(
-        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
         _check_width(self, "width")
         _check_width(self, "disc_width")
         _positive(self, "batch_size", "lr", "disc_lr", "steps", "eval_interval", "eval_batches")
-        _positive(self, "checkpoint_interval", "sample_interval", "log_interval", "sync_threshold")
-        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "syncnet_wt", "disc_wt", "torch_threads")
+        _positive(self, "checkpoint_interval", "sample_interval", "sync_threshold")
+        _non_negative(self, "syncnet_wt", "disc_wt")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"GeneratorTrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -137,7 +138,7 @@ class GeneratorTrainConfig:
             )
         if not -2 <= self.mel_shift <= 2:
             raise ConfigError(f"GeneratorTrainConfig.mel_shift must be in [-2, 2], got {self.mel_shift}")
-        _check_device(self)
+        self._check_run()
 
 
 @dataclass(frozen=True)
