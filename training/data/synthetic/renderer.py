@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .identity import Identity
-from .visemes import P
+from .visemes import P, mouth_openness
 
 CANVAS_W, CANVAS_H = 320, 400
 _SUB = 4  # fixed-point bits for sub-pixel drawing
@@ -849,7 +849,7 @@ class Face:
         lay = self.lay
         jaw, spread, rnd, close = float(m[P["jaw"]]), float(m[P["spread"]]), float(m[P["round"]]), float(m[P["close"]])
         tl = float(m[P["teeth_lip"]])
-        open_ = max(0.0, jaw * (1 - close) * (1 - 0.8 * tl))
+        open_ = float(mouth_openness(m))
         sep = 0.95 * lay.mouth_w * open_
         w = lay.mouth_w * (1 + 0.2 * spread - 0.3 * rnd) * (1 - 0.06 * open_)
         return {
