@@ -222,6 +222,8 @@ def test_config_presets_validation_and_unknown_keys(tmp_path: Path) -> None:
         GeneratorTrainConfig(syncnet_wt=0.5, disc_wt=0.5)
     with pytest.raises(ConfigError, match="width"):
         ExpertTrainConfig(width=1.5)
+    with pytest.raises(ConfigError, match="optimizer"):
+        ExpertTrainConfig(optimizer="sgd")
     with pytest.raises(ConfigError, match="bogus"):
         preset(ExpertTrainConfig, "tiny", bogus=1)
     bad = tmp_path / "bad.json"
@@ -251,6 +253,17 @@ def _train(args: list[str]) -> None:
 
 
 @pytest.mark.slow
+def test_expert_trains_with_adamax_and_resumes_its_state(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adamax"
+    common = ["expert", "--preset", "tiny", "--data-root", str(corpus), "--out-dir", str(out), "--optimizer", "adamax"]
+    _train([*common, "--steps", "1"])
+    _train(["expert", "--resume", "auto", "--out-dir", str(out), "--steps", "2"])
+    ckpt = load_checkpoint(out / "checkpoint_step000000002.pt")
+    assert ckpt["extra"]["train_config"]["optimizer"] == "adamax"
+    states = list(ckpt["optimizer"]["state"].values())
+    assert states and all("exp_inf" in s and int(s["step"]) == 2 for s in states), "Adamax moments carried over"
+
+
 def test_train_resume_and_evaluate_end_to_end(corpus: Path, tmp_path: Path) -> None:
     expert_dir = tmp_path / "expert"
     common = ["--preset", "tiny", "--data-root", str(corpus)]
