@@ -77,6 +77,10 @@ class ExpertTrainConfig(RunConfig):
     width: float = field(default=1.0, metadata={"help": "channel width multiplier of the expert (1.0 = paper)"})
     batch_size: int = field(default=64, metadata={"help": "samples per step and per process"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    center_frames: bool = field(
+        default=False,
+        metadata={"help": "subtract the 5-frame mean from the face input (not in the paper; see SyncNetConfig)"},
+    )
     optimizer: str = field(
         default="adam",
         metadata={"help": "adam (the paper's) or adamax (leaves the 0.69 plateau far sooner on small data)"},

@@ -43,7 +43,7 @@ class ExpertTrainer(TrainLoop):
     def __init__(self, config: ExpertTrainConfig, ctx: Dist, resume: Path | None = None) -> None:
         super().__init__(config, ctx)
         seed_everything(config.seed)
-        self.model = SyncNet(SyncNetConfig(width=config.width)).to(ctx.device)
+        self.model = SyncNet(SyncNetConfig(width=config.width, center_frames=config.center_frames)).to(ctx.device)
         optimizer = torch.optim.Adamax if config.optimizer == "adamax" else torch.optim.Adam
         self.optimizer = optimizer(self.model.parameters(), lr=config.lr)
         self.best_val_loss = math.inf

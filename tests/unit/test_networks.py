@@ -184,6 +184,23 @@ def test_syncnet_embeddings_and_loss():
     torch.testing.assert_close(sync_loss(audio, face, target.unsqueeze(1)), expected)
 
 
+def test_centered_syncnet_sees_motion_not_static_content():
+    torch.manual_seed(0)
+    centered = SyncNet(SyncNetConfig(width=0.25, center_frames=True)).eval()
+    plain = SyncNet(SyncNetConfig(width=0.25)).eval()
+    plain.load_state_dict(centered.state_dict())  # the option adds no parameters
+    mel = torch.randn(2, 1, 80, 16)
+    faces = torch.rand(2, 15, 48, 96) * 0.5
+    static = torch.rand(2, 3, 48, 96).repeat(1, 5, 1, 1) * 0.5  # the same image added to all 5 frames
+    with torch.no_grad():
+        _, a = centered(mel, faces)
+        _, b = centered(mel, faces + static)
+        _, c = plain(mel, faces)
+        _, d = plain(mel, faces + static)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (c - d).abs().max() > 1e-3, "without centering the static image changes the embedding"
+
+
 def test_sync_loss_is_finite_for_orthogonal_embeddings():
     audio = torch.tensor([[1.0, 0.0]], requires_grad=True)
     face = torch.tensor([[0.0, 1.0]])

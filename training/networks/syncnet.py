@@ -25,6 +25,10 @@ class SyncNetConfig:
     """Architecture of the expert; `width` scales every inner channel count (1.0 = released model)."""
 
     width: float = 1.0
+    # Subtract each pixel's mean over the 5 frames before the face encoder. Off in the paper's
+    # network. With it the encoder starts from what moves (lips, jaw) instead of what identifies the
+    # person, which is identical in aligned and shifted samples and so carries no sync signal.
+    center_frames: bool = False
 
     def __post_init__(self) -> None:
         check_width(self.width, smallest=32, owner=type(self).__name__)
@@ -100,6 +104,9 @@ class SyncNet(nn.Module):
     def forward(self, mel: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(B,1,80,16) mel + (B,15,48,96) faces -> (audio_emb, face_emb), each (B, D) with unit L2 norm."""
         audio = self.audio_encoder(mel).flatten(1)
+        if self.config.center_frames:
+            frames = faces.unflatten(1, (SYNC_FRAMES, 3))
+            faces = (frames - frames.mean(dim=1, keepdim=True)).flatten(1, 2)
         face = self.face_encoder(faces).flatten(1)
         return F.normalize(audio, p=2, dim=1), F.normalize(face, p=2, dim=1)
 
