@@ -286,6 +286,18 @@ def samples_per_clip(n_samples: int, root: str | Path, split: str) -> int:
     return max(1, -(-n_samples // max(len(read_filelist(root, split)), 1)))
 
 
+def keep_configured_hyperparameters(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load an optimizer's saved moments but keep this run's hyperparameters (lr, betas).
+
+    `load_state_dict` would bring back the saved learning rate too, silently undoing a `--lr` given
+    on resume; the moments are what a resume must carry over.
+    """
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, values in zip(optimizer.param_groups, configured, strict=True):
+        group.update(values)
+
+
 class TrainLoop:
     """The step loop both trainers share: batches by global step, metrics.csv, progress bar, eval, checkpoints.
 
@@ -362,7 +374,7 @@ class TrainLoop:
         strict_load(self.model, ckpt["model"], path)
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"checkpoint {path} has no optimizer state to resume from")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        keep_configured_hyperparameters(self.optimizer, ckpt["optimizer"])
         self.step = int(ckpt["step"])
         extra = dict(ckpt.get("extra") or {})
         self.last_eval = dict(extra.get("last_eval") or {})

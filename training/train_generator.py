@@ -31,6 +31,7 @@ from training.runtime import (
     Dist,
     TrainLoop,
     all_reduce_mean,
+    keep_configured_hyperparameters,
     samples_per_clip,
     seed_everything,
     setup_distributed,
@@ -215,7 +216,7 @@ class GeneratorTrainer(TrainLoop):
             if disc is None:
                 raise CheckpointError(f"checkpoint {path} has no discriminator but disc_wt={self.config.disc_wt} > 0")
             strict_load(self.disc, disc["model"], path)
-            self.opt_d.load_state_dict(disc["optimizer"])
+            keep_configured_hyperparameters(self.opt_d, disc["optimizer"])
 
     def write_samples(self, x: Tensor, generated: Tensor, gt: Tensor) -> Path:
         path = self.out_dir / "samples" / f"step{self.step:09d}.png"

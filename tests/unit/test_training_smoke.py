@@ -257,8 +257,9 @@ def test_expert_trains_with_adamax_and_resumes_its_state(corpus: Path, tmp_path:
     out = tmp_path / "adamax"
     common = ["expert", "--preset", "tiny", "--data-root", str(corpus), "--out-dir", str(out), "--optimizer", "adamax"]
     _train([*common, "--steps", "1"])
-    _train(["expert", "--resume", "auto", "--out-dir", str(out), "--steps", "2"])
+    _train(["expert", "--resume", "auto", "--out-dir", str(out), "--steps", "2", "--lr", "0.002"])
     ckpt = load_checkpoint(out / "checkpoint_step000000002.pt")
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.002], "--lr on resume is not undone by the state"
     assert ckpt["extra"]["train_config"]["optimizer"] == "adamax"
     states = list(ckpt["optimizer"]["state"].values())
     assert states and all("exp_inf" in s and int(s["step"]) == 2 for s in states), "Adamax moments carried over"
