@@ -12,7 +12,6 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from client.contract import FACE_SIZE, MASK_START_ROW
@@ -91,10 +90,10 @@ class ExpertScorer:
         )
 
     def _embed_faces(self, x: Tensor) -> Tensor:
-        return F.normalize(self.expert.face_encoder(x).flatten(1), p=2, dim=1)
+        return self.expert.embed_faces(x)
 
     def _embed_mels(self, m: Tensor) -> Tensor:
-        return F.normalize(self.expert.audio_encoder(m).flatten(1), p=2, dim=1)
+        return self.expert.embed_audio(m)
 
 
 class SyncNetV2Scorer:

@@ -246,3 +246,23 @@ def test_syncnet_v2_embeddings():
         aud = model.forward_aud(torch.randn(2, 1, 13, 20))
     assert lip.shape == aud.shape == (2, 1024)
     assert torch.isfinite(lip).all() and torch.isfinite(aud).all()
+
+
+def test_lse_scorer_embeds_exactly_as_the_expert_forward():
+    # The LSE offset search embeds faces and audio separately; a centred expert must be centred there too.
+    import numpy as np
+
+    from training.evaluate import ExpertScorer
+
+    torch.manual_seed(0)
+    expert = SyncNet(SyncNetConfig(width=0.25, center_frames=True)).eval()
+    scorer = ExpertScorer(expert, torch.device("cpu"), batch_size=4, source="test")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(10)]
+    n = 6
+    windows = torch.from_numpy(
+        np.stack([np.concatenate([f[48:] for f in frames[v : v + 5]], axis=2).transpose(2, 0, 1) for v in range(n)])
+    ).float() / 255.0
+    with torch.no_grad():
+        _, expected = expert(torch.zeros(n, 1, 80, 16), windows)
+    torch.testing.assert_close(scorer.video_features(frames, n), expected, rtol=1e-4, atol=1e-5)

@@ -103,12 +103,18 @@ class SyncNet(nn.Module):
 
     def forward(self, mel: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(B,1,80,16) mel + (B,15,48,96) faces -> (audio_emb, face_emb), each (B, D) with unit L2 norm."""
-        audio = self.audio_encoder(mel).flatten(1)
+        return self.embed_audio(mel), self.embed_faces(faces)
+
+    def embed_audio(self, mel: Tensor) -> Tensor:
+        """(B,1,80,16) mel windows -> (B, D) unit-norm audio embeddings (the offset search embeds each side once)."""
+        return F.normalize(self.audio_encoder(mel).flatten(1), p=2, dim=1)
+
+    def embed_faces(self, faces: Tensor) -> Tensor:
+        """(B,15,48,96) lower-half windows -> (B, D) unit-norm face embeddings, centred first if configured."""
         if self.config.center_frames:
             frames = faces.unflatten(1, (SYNC_FRAMES, 3))
             faces = (frames - frames.mean(dim=1, keepdim=True)).flatten(1, 2)
-        face = self.face_encoder(faces).flatten(1)
-        return F.normalize(audio, p=2, dim=1), F.normalize(face, p=2, dim=1)
+        return F.normalize(self.face_encoder(faces).flatten(1), p=2, dim=1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: Any = "cpu") -> SyncNet:
