@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_our_format_round_trip_with_optimizer_and_step(tmp_path, cls, config):
 
     raw = load_checkpoint(path)
     assert raw["step"] == 123
-    assert raw["config"] == {"width": config.width}
+    assert raw["config"] == dataclasses.asdict(config)
     assert raw["config_class"] == type(config).__name__
     assert raw["extra"] == {"loss": 0.5}
     fresh = cls(config)
