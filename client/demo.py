@@ -49,9 +49,10 @@ def main() -> int:
     print(f"\nDemo written to {report.outfile} ({report.frames} frames, {report.audio_seconds:.1f} s).")
     print(f"Weights: {report.weights}")
     print(
-        "NOTE: read training/weights/MODEL_CARD.md for what these weights can do. The shipped CPU model is an\n"
-        "early checkpoint trained on synthetic faces: its mouth does not yet follow the speech convincingly,\n"
-        "least of all on a real face. For the paper's quality pass --checkpoint_path wav2lip_gan.pth."
+        "NOTE: read training/weights/MODEL_CARD.md for what these weights can do. The shipped CPU model is a\n"
+        "quarter-width generator trained for about two hours on synthetic CG faces: on those its mouth follows\n"
+        "the speech; on a real face like this one expect a soft, weakly synced mouth. For the paper's quality\n"
+        "pass --checkpoint_path wav2lip_gan.pth."
     )
     print(report.summary)
     return 0

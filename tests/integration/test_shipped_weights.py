@@ -65,4 +65,33 @@ def test_shipped_expert_tells_aligned_from_shifted_audio_on_unseen_speakers(unse
         audio_emb, face_emb = expert(torch.from_numpy(np.stack(mels)), torch.from_numpy(np.stack(faces)))
     prob = sync_probability(audio_emb, face_emb).numpy()
     auc = _auc(prob[labels == 1], prob[labels == 0])
+    print(f"shipped expert on unseen speakers: AUC {auc:.3f} over {len(labels)} windows")
     assert auc > 0.7, f"shipped expert AUC {auc:.3f} on unseen speakers (0.5 = chance)"
+
+
+@pytest.mark.slow
+def test_shipped_generator_lips_follow_their_own_audio_on_unseen_speakers(unseen_corpus: Path) -> None:
+    from training.evaluate import ExpertScorer, fit_length, generate_clip, load_eval_clip
+    from training.lse import lse_scores, window_count
+    from training.networks.wav2lip import Wav2Lip
+
+    generator = Wav2Lip.from_checkpoint(DEFAULT_CHECKPOINT)
+    mel_shift = 0  # the shipped generator is trained for live inference's alignment
+    scorer = ExpertScorer(SyncNet.from_checkpoint(SHIPPED_EXPERT), torch.device("cpu"), 32, "shipped")
+    clips = [c for split in ("train", "val", "test") for c in load_clips(unseen_corpus, split)]
+    loaded = [c for c in map(load_eval_clip, clips) if c is not None]
+    own, other, upper_errors = [], [], []
+    for k, clip in enumerate(loaded):
+        n = window_count(len(clip.frames), len(clip.wav))
+        generated = generate_clip(generator, clip.frames, clip.wav, mel_shift, torch.device("cpu"), 32)
+        # the upper half comes from the input frame, so it must be reproduced closely
+        diff = np.stack(generated).astype(np.float32) - np.stack(clip.frames).astype(np.float32)
+        upper_errors.append(float(np.abs(diff[:, :48]).mean()) / 255.0)
+        video = scorer.video_features(generated, n)
+        foreign = fit_length(loaded[(k + 1) % len(loaded)].wav, len(clip.wav))
+        own.append(lse_scores(video, scorer.audio_features(clip.wav, n)).dist_at_zero)
+        other.append(lse_scores(video, scorer.audio_features(foreign, n)).dist_at_zero)
+    assert max(upper_errors) < 0.1, f"upper-half mean abs error {max(upper_errors):.3f} (0..1 scale)"
+    own_d, other_d = float(np.mean(own)), float(np.mean(other))
+    print(f"generated: distance {own_d:.3f} with its audio, {other_d:.3f} with another's; upper L1 {max(upper_errors):.3f}")
+    assert own_d < other_d - 0.03, f"expert distance with the driving audio {own_d:.3f} vs another clip's {other_d:.3f}"
