@@ -395,3 +395,30 @@ def test_evaluate_scores_with_syncnet_v2_weights_when_given(corpus: Path, tmp_pa
     for summary in report["conditions"].values():
         assert summary["clips"] == 1 and math.isfinite(summary["lse_d"]) and summary["lse_c"] >= 0.0
     assert (tmp_path / "eval" / "report.json").is_file() and (tmp_path / "eval" / "lse.png").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_trains_the_expert_and_the_generator_on_two_cpu_processes(corpus: Path, tmp_path: Path) -> None:
+    """The multi-GPU path (torchrun + DistributedDataParallel) with gloo on two CPU processes."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    common = ["--preset", "tiny", "--data-root", str(corpus), "--device", "cpu", "--steps", "2"]
+
+    def run(args: list[str]) -> None:
+        done = subprocess.run([*launch, "-m", "training.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    expert_dir, gen_dir = tmp_path / "expert", tmp_path / "generator"
+    run(["expert", *common, "--out-dir", str(expert_dir)])
+    expert_ckpt = expert_dir / "checkpoint_step000000002.pt"
+    assert json.loads((expert_dir / "config.json").read_text())["world_size"] == 2
+    run(["generator", *common, "--out-dir", str(gen_dir), "--expert-checkpoint", str(expert_ckpt), "--sync-threshold", "100"])
+    ckpt = load_checkpoint(gen_dir / "checkpoint_step000000002.pt")
+    assert ckpt["step"] == 2 and ckpt["extra"]["disc"] is not None
+    # rank 0 alone writes: one metrics row per step and name, not two
+    rows = read_metrics(gen_dir / "metrics.csv")
+    assert sorted(int(r["step"]) for r in rows if r["split"] == "train" and r["name"] == "l1") == [1, 2]
