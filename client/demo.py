@@ -51,8 +51,8 @@ def main() -> int:
     print(
         "NOTE: read training/weights/MODEL_CARD.md for what these weights can do. The shipped CPU model is a\n"
         "quarter-width generator trained for about two hours on synthetic CG faces: on those its mouth follows\n"
-        "the speech; on a real face like this one expect a soft, weakly synced mouth. For the paper's quality\n"
-        "pass --checkpoint_path wav2lip_gan.pth."
+        "the speech; on a real face like this one the mouth is a blurred patch with a CG-style, often purple-tinted\n"
+        "mouth. For the paper's quality pass --checkpoint_path wav2lip_gan.pth."
     )
     print(report.summary)
     return 0
