@@ -46,7 +46,21 @@ def _check_device(owner: object) -> None:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class DeviceConfig:
+    """Where the networks run: shared by the trainers and the evaluation."""
+
+    torch_threads: int = field(
+        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+
+    def _check_device_fields(self) -> None:
+        _non_negative(self, "torch_threads")
+        _check_device(self)
+
+
+@dataclass(frozen=True)
+class RunConfig(DeviceConfig):
     """What every trainer shares: checkpoint retention, logging, data workers, seed and device."""
 
     keep_checkpoints: int = field(default=3, metadata={"help": "step checkpoints kept on disk (0 = all)"})
@@ -54,15 +68,11 @@ class RunConfig:
     num_workers: int = field(default=8, metadata={"help": "data loader processes per training process"})
     mel_cache_mb: int = field(default=512, metadata={"help": "memory per worker for cached mel spectrograms"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
-    torch_threads: int = field(
-        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def _check_run(self) -> None:
         _positive(self, "log_interval")
-        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb", "torch_threads")
-        _check_device(self)
+        _non_negative(self, "keep_checkpoints", "num_workers", "mel_cache_mb")
+        self._check_device_fields()
 
 
 EXPERT_OPTIMIZERS = ("adam", "adamax")
@@ -157,7 +167,7 @@ class GeneratorTrainConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(DeviceConfig):
     """LSE-D / LSE-C and the expert's off-sync accuracy on the held-out split (reference 7.2)."""
 
     data_root: str = field(default="data/corpus", metadata={"help": "corpus in the LRS2 layout with filelists/"})
@@ -184,19 +194,15 @@ class EvaluateConfig:
     )
     batch_size: int = field(default=32, metadata={"help": "windows per network call"})
     seed: int = field(default=0, metadata={"help": "seed of the accuracy samples and reference frames"})
-    torch_threads: int = field(
-        default=0, metadata={"help": "CPU threads for PyTorch (0 = its default; 1 is faster on a busy machine)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
     def __post_init__(self) -> None:
         _positive(self, "vshift", "batch_size", "accuracy_samples", "accuracy_min_offset")
-        _non_negative(self, "max_clips", "torch_threads")
+        _non_negative(self, "max_clips")
         if not self.expert_checkpoint and not self.syncnet_v2:
             raise ConfigError("EvaluateConfig needs expert_checkpoint or syncnet_v2 (something must score sync)")
         if any(s == 0 for s in self.shifts):
             raise ConfigError(f"EvaluateConfig.shifts must not contain 0 (that is the real condition): {self.shifts}")
-        _check_device(self)
+        self._check_device_fields()
 
 
 # Presets: `paper` is the paper's hyperparameters (GPUs; run until the eval losses flatten).

@@ -79,21 +79,15 @@ class ExpertScorer:
         def window(v: int) -> np.ndarray:  # (15, 48, 96) in [0, 1], frame-major BGR
             return np.concatenate(lower[v : v + SYNC_T], axis=2).transpose(2, 0, 1) / np.float32(255.0)
 
-        return _batched(self._embed_faces, window, n, self.batch_size, self.device)
+        return _batched(self.expert.embed_faces, window, n, self.batch_size, self.device)
 
     def audio_features(self, wav: np.ndarray, n: int) -> Tensor:
         from client.audio import melspectrogram
 
         mel = melspectrogram(wav.astype(np.float32))
         return _batched(
-            self._embed_mels, lambda v: mel[None, :, mel_start(v) : mel_start(v) + 16], n, self.batch_size, self.device
+            self.expert.embed_audio, lambda v: mel[None, :, mel_start(v) : mel_start(v) + 16], n, self.batch_size, self.device
         )
-
-    def _embed_faces(self, x: Tensor) -> Tensor:
-        return self.expert.embed_faces(x)
-
-    def _embed_mels(self, m: Tensor) -> Tensor:
-        return self.expert.embed_audio(m)
 
 
 class SyncNetV2Scorer:

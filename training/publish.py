@@ -10,29 +10,21 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
-from training.networks.checkpoints import load_checkpoint
+from training.networks.checkpoints import load_checkpoint, write_atomically
 
 
-def publish(checkpoint: Path, out: Path, *, half: bool = False) -> dict:
+def publish(checkpoint: Path, out: Path) -> dict:
     state = load_checkpoint(checkpoint)
-    model = state["model"]
-    if half:  # shipping size only: loaders cast back to float32
-        model = {k: v.half() if v.is_floating_point() else v for k, v in model.items()}
     extra = state.get("extra") or {}
     shipped = {
-        "model": model,
+        "model": state["model"],
         "config": state["config"],
         "config_class": state["config_class"],
         "optimizer": None,
         "step": state["step"],
         "extra": {"published_from": checkpoint.name, **{k: v for k, v in extra.items() if k != "disc"}},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save(shipped, tmp)
-    tmp.replace(out)
+    write_atomically(shipped, out)
     return {"out": str(out), "step": state["step"], "config": state["config"], "bytes": out.stat().st_size}
 
 

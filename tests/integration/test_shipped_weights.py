@@ -15,8 +15,7 @@ import torch
 
 from client.backends import DEFAULT_CHECKPOINT
 from training import cli
-from training.data.lrs2 import SYNC_T, frames_to_expert_input, load_clips, mel_window, read_frame
-from training.data.lrs2 import compute_mel as clip_mel
+from training.data.lrs2 import SYNC_T, compute_mel, frames_to_expert_input, load_clips, mel_window, read_frame
 from training.networks.syncnet import SyncNet, sync_probability
 
 SHIPPED_EXPERT = DEFAULT_CHECKPOINT.parent / "expert_cpu.pt"
@@ -46,7 +45,7 @@ def test_shipped_expert_tells_aligned_from_shifted_audio_on_unseen_speakers(unse
     clips = [c for split in ("train", "val", "test") for c in load_clips(unseen_corpus, split)]
     faces, mels, labels = [], [], []
     for clip in clips:
-        mel = clip_mel(clip.audio_path)
+        mel = compute_mel(clip.audio_path)
         frames = {i: read_frame(clip.frame_path(i)) for i in clip.frames}
         starts = [s for s in clip.starts if mel_window(mel, s) is not None]
         for audio_start in starts[::3]:

@@ -96,7 +96,7 @@ def test_syncnet_v2_file_without_num_batches_tracked_loads(tmp_path):
     torch.save(old, tmp_path / "syncnet_v2.model")
     model = SyncNetV2.from_checkpoint(tmp_path / "syncnet_v2.model")
     assert not model.training
-    for key, value in model.state_dict().items():
+    for key, value in model.eval().state_dict().items():
         if key.endswith("num_batches_tracked"):
             assert value.item() == 0
         else:
@@ -304,3 +304,34 @@ def test_arbitrary_pickles_are_not_executed(tmp_path, capsys):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_publish_strips_optimizer_and_discriminator_and_loads_back(tmp_path: Path) -> None:
+    from training import cli
+
+    torch.manual_seed(0)
+    config = SyncNetConfig(width=0.25, center_frames=True)
+    model = SyncNet(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    audio, face = model(torch.randn(2, 1, 80, 16), torch.rand(2, 15, 48, 96))
+    (audio * face).sum().backward()
+    optimizer.step()  # Adam moments now exist: twice the model's size
+    source = save_checkpoint(
+        tmp_path / "run" / "checkpoint_step000000007.pt",
+        model=model,
+        config=config,
+        optimizer=optimizer,
+        step=7,
+        extra={"disc": {"model": {"w": torch.ones(3)}}, "last_eval": {"loss": 0.5}},
+    )
+    out = tmp_path / "weights" / "expert.pt"
+    assert cli.main(["publish", str(source), str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["expert.pt"]  # no temporary file left behind
+    shipped = load_checkpoint(out)
+    assert shipped["optimizer"] is None and shipped["step"] == 7
+    assert shipped["extra"] == {"published_from": source.name, "last_eval": {"loss": 0.5}}
+    loaded = SyncNet.from_checkpoint(out)
+    assert loaded.config == config
+    for key, value in model.eval().state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert out.stat().st_size < source.stat().st_size / 2, "the optimizer moments are gone"

@@ -70,8 +70,6 @@ def save_checkpoint(
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config must be a dataclass instance, got {type(config).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": _unwrap(model).state_dict(),
         "config": dataclasses.asdict(config),
@@ -80,10 +78,17 @@ def save_checkpoint(
         "step": int(step),
         "extra": dict(extra) if extra is not None else None,
     }
+    return write_atomically(payload, path)
+
+
+def write_atomically(payload: Mapping[str, Any], path: str | Path) -> Path:
+    """torch.save into a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(dict(payload), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
