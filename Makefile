@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[all]" --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e ".[all]"
 	touch $(STAMP)
 
 # The ONNX model is an artifact: exported from the shipped checkpoint, never committed.
@@ -36,7 +36,7 @@ export: $(STAMP)
 	$(BIN)/lipsync-export
 
 demo: setup
-	$(BIN)/python -m client.demo
+	$(BIN)/python -m lipsync.client.demo
 
 test: setup
 	$(BIN)/ruff check .
@@ -49,10 +49,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: setup
-	$(BIN)/python -m benchmarks.face_tracker
-	$(BIN)/python -m benchmarks.offline
-	$(BIN)/python -m benchmarks.serving --quick
-	$(BIN)/python -m benchmarks.pipeline --quick
+	$(BIN)/python -m lipsync.benchmarks.face_tracker
+	$(BIN)/python -m lipsync.benchmarks.offline
+	$(BIN)/python -m lipsync.benchmarks.serving --quick
+	$(BIN)/python -m lipsync.benchmarks.pipeline --quick
 
 clean:
 	rm -rf $(VENV) results $(DEFAULT_ONNX)

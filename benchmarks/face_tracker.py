@@ -1,6 +1,6 @@
 """Face tracking, crop and blend cost per 640x480 frame, and how well the tracker keeps up.
 
-    .venv/bin/python -m benchmarks.face_tracker [--frames 250] [--out benchmarks/results/face_tracker.json]
+    .venv/bin/python -m lipsync.benchmarks.face_tracker [--frames 250] [--out benchmarks/results/face_tracker.json]
 
 The clip is synthetic (benchmarks/synthetic_media.py): the astronaut's face wandering over a
 textured background at up to about 12 px/frame with camera-like noise, 10 s at 25 fps, so every
@@ -25,11 +25,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.machine import cpu_model, describe_machine
-from benchmarks.synthetic_media import SyntheticClip, frame_without_face, make_moving_face_clip
-from client.blend import blend_face
-from client.face_crop import crop_face, model_face_input, pad_box
-from client.face_tracking import (
+from lipsync.benchmarks.machine import cpu_model, describe_machine
+from lipsync.benchmarks.synthetic_media import SyntheticClip, frame_without_face, make_moving_face_clip
+from lipsync.client.blend import blend_face
+from lipsync.client.face_crop import crop_face, model_face_input, pad_box
+from lipsync.client.face_tracking import (
     FULL_RANGE,
     SHORT_RANGE,
     FaceBox,

@@ -4,7 +4,7 @@ Runs the whole command (decode, track, crop, model, blend, encode) once per in-p
 on the same synthetic moving-face clip and speech-shaped audio; prints a table, writes
 benchmarks/results/offline.json and offline.png.
 
-    .venv/bin/python -m benchmarks.offline [--seconds 10] [--checkpoint PATH] [--onnx PATH]
+    .venv/bin/python -m lipsync.benchmarks.offline [--seconds 10] [--checkpoint PATH] [--onnx PATH]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from benchmarks.machine import describe_machine
-from benchmarks.synthetic_media import make_moving_face_clip
-from client.backends import DEFAULT_CHECKPOINT, DEFAULT_ONNX_MODEL
-from client.lipsync import LipSyncConfig, run
+from lipsync.benchmarks.machine import describe_machine
+from lipsync.benchmarks.synthetic_media import make_moving_face_clip
+from lipsync.client.backends import DEFAULT_CHECKPOINT, DEFAULT_ONNX_MODEL
+from lipsync.client.lipsync import LipSyncConfig, run
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,6 +1,6 @@
 """The whole live pipeline over loopback: mouth-generation latency, added delay, per-stage times, sessions at 25 fps.
 
-`python -m benchmarks.pipeline [--quick]` starts a tritonserver (embedded, Python backend running
+`python -m lipsync.benchmarks.pipeline [--quick]` starts a tritonserver (embedded, Python backend running
 ONNX Runtime) on a random-weight generator, the gateway (`lipsync-gateway`, its own process) and
 N aiortc peers in this process, each sending a talking face (320x240, 25 fps) and speech as its
 microphone. For N = 1, 2, ... it measures, over a fixed window:
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import describe_machine, report_header
-from benchmarks.synthetic_media import make_moving_face_clip
-from client import contract
-from client.audio import load_audio
-from client.triton_server import EmbeddedTritonServer
-from streaming.config import GatewayConfig
-from streaming.frames import CLOCK_RATE
-from streaming.peer import GatewayClient
+from lipsync.benchmarks.machine import describe_machine, report_header
+from lipsync.benchmarks.synthetic_media import make_moving_face_clip
+from lipsync.client import contract
+from lipsync.client.audio import load_audio
+from lipsync.client.triton_server import EmbeddedTritonServer
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.frames import CLOCK_RATE
+from lipsync.streaming.peer import GatewayClient
 
 RESULTS = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def prepare_repository(plan: Plan, folder: Path, given: Path | None) -> Path:
     from tritonclient.grpc import model_config_pb2
 
     if given is None:
-        from export.cli import ExportConfig, run
+        from lipsync.export.cli import ExportConfig, run
 
         source = folder / "export"
         run(ExportConfig(random_weights=True, width=plan.width, output_dir=source, fp16=False, real_inputs=False,
@@ -129,7 +129,7 @@ def free_port() -> int:
 async def start_gateway(plan: Plan, triton_url: str, log) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     cmd = [
-        sys.executable, "-m", "streaming.server", "--port", str(port), "--ice_loopback", "--triton_url", triton_url,
+        sys.executable, "-m", "lipsync.streaming.server", "--port", str(port), "--ice_loopback", "--triton_url", triton_url,
         "--compute_budget_ms", str(plan.compute_budget_ms), "--max_sessions", str(plan.max_sessions),
         "--log_level", "WARNING", "--session_idle_s", "10",
     ]  # fmt: skip
@@ -306,7 +306,7 @@ async def run_benchmark(plan: Plan, repository: Path | None, log) -> tuple[list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lipsync.benchmarks.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI scale: up to 3 sessions, 8 s windows")
     parser.add_argument("--max-sessions", type=int, help="stop the ramp here")
     parser.add_argument("--seconds", type=float, help="measuring window per number of sessions")

@@ -3,7 +3,7 @@ in-process ONNX Runtime vs Triton, Triton's dynamic batching on vs off, and, in 
 original architecture's baseline (width 1.0, eager PyTorch FP32, batch 128): every figure is also
 a ratio to that baseline on the same machine. Prints a table, writes JSON and a PNG plot.
 
-    .venv/bin/python -m benchmarks.serving [--quick] [--widths 0.5 1.0] [--seconds 5]
+    .venv/bin/python -m lipsync.benchmarks.serving [--quick] [--widths 0.5 1.0] [--seconds 5]
 
 Random weights: timing does not depend on the weights' values, only on the width.
 """
@@ -25,13 +25,14 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from benchmarks.machine import describe_machine, report_header
-from client import contract
-from client.backends.base import BackendError
-from client.backends.onnxruntime import OnnxRuntimeBackend
-from client.backends.triton import TritonBackend
-from client.triton_server import EmbeddedTritonServer
-from export.verify import random_inputs
+from lipsync.benchmarks.machine import describe_machine, report_header
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.client.backends.base import BackendError
+from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+from lipsync.client.backends.triton import TritonBackend
+from lipsync.client.triton_server import EmbeddedTritonServer
+from lipsync.export.verify import random_inputs
 
 RESULTS = Path(__file__).parent / "results"
 BASELINE_WIDTH = 1.0
@@ -105,7 +106,7 @@ def measure_baseline(repeats: int) -> Row:
     """The original setup: width 1.0 generator, eager PyTorch FP32, batches of 128 frames."""
     import torch
 
-    from training.networks import Wav2Lip, Wav2LipConfig
+    from lipsync.client.networks import Wav2Lip, Wav2LipConfig
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     torch.manual_seed(0)
@@ -223,7 +224,7 @@ def without_dynamic_batching(repository: Path) -> None:
 
 
 def export_random(width: float, folder: Path) -> Path:
-    from export.cli import ExportConfig, run
+    from lipsync.export.cli import ExportConfig, run
 
     run(ExportConfig(random_weights=True, width=width, output_dir=folder, fp16=False, real_inputs=False,
                      verify_samples=1, quiet=True))  # fmt: skip
@@ -232,7 +233,7 @@ def export_random(width: float, folder: Path) -> Path:
 
 def measure_width(width: float, plan: Plan, workdir: Path, log) -> list[Row]:
     repository = export_random(width, workdir / f"width_{width}")
-    onnx_path = repository / contract.EMBEDDED_MODEL / "1" / "model.onnx"
+    onnx_path = layout.artifact_path(repository, contract.EMBEDDED_MODEL, layout.ONNX_FILE)
     log(f"width {width}: in-process ONNX Runtime")
     rows = measure_onnxruntime(onnx_path, width, plan)
     for batching in ("dynamic", "off"):
@@ -321,7 +322,7 @@ def plot(rows: list[Row], baseline: Row, machine: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lipsync.benchmarks.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI scale: width 0.5, 3 batch sizes, 3 concurrencies")
     parser.add_argument("--widths", type=float, nargs="+", help="generator widths to serve")
     parser.add_argument("--seconds", type=float, help="measuring time per Triton point")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from client.face_tracking import FaceBox
+from lipsync.client.face_tracking import FaceBox
 
 # The astronaut's face in skimage.data.astronaut() (512x512), measured by hand on a 4x zoom with
 # a 10-px grid: cheek to cheek 178..264, forehead below the fringe 78 to the chin 184.

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 
-from client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE
+from lipsync.client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE
 
 __all__ = [
     "MEL_BINS",

@@ -14,8 +14,8 @@ import functools
 import cv2
 import numpy as np
 
-from client import contract
-from client.face_crop import CropRegion
+from lipsync.client import contract
+from lipsync.client.face_crop import CropRegion
 
 # The blend support as fractions of the crop region (which is the face box padded by the pads).
 # In such a crop the nose tip sits at about 50-55 % of the height, the mouth at 70-75 %, the chin

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import cv2
 
-from client.lipsync import LipSyncConfig, run
-from client.video_io import MediaError
+from lipsync.client.lipsync import LipSyncConfig, run
+from lipsync.client.video_io import MediaError
 
 OUT_DIR = Path("results/demo")
 SPEECH = (

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from client import contract
-from client.face_tracking import FaceBox
+from lipsync.client import contract
+from lipsync.client.face_tracking import FaceBox
 
 DEFAULT_PADS = (0, 10, 0, 0)  # top, bottom, left, right: the original's --pads default (keeps the chin)
 

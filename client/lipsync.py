@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from client import contract
-from client.audio import AudioError, load_audio, mel_windows, melspectrogram
-from client.backends import (
+from lipsync.client import contract
+from lipsync.client.audio import AudioError, load_audio, mel_windows, melspectrogram
+from lipsync.client.backends import (
     BACKEND_NAMES,
     DEFAULT_CHECKPOINT,
     DEFAULT_ONNX_MODEL,
@@ -28,12 +28,12 @@ from client.backends import (
     LipSyncBackend,
     create_backend,
 )
-from client.blend import blend_face
-from client.cli_config import add_dataclass_arguments, config_from_args, write_resolved_config
-from client.face_crop import CropRegion, crop_face, model_face_input, pad_box
-from client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
-from client.stage_timer import StageTimer
-from client.video_io import FaceSourceInfo, MediaError, Mp4Writer, iter_face_frames, probe_face_source
+from lipsync.client.blend import blend_face
+from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, write_resolved_config
+from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
+from lipsync.client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
+from lipsync.client.stage_timer import StageTimer
+from lipsync.client.video_io import FaceSourceInfo, MediaError, Mp4Writer, iter_face_frames, probe_face_source
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from client.audio import (
+from lipsync.client.audio import (
     HOP_SIZE,
     MAX_CHANNELS,
     N_FFT,
@@ -32,7 +32,7 @@ from client.audio import (
     pad_to_window,
     resampling_filter,
 )
-from client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE
+from lipsync.client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE
 
 __all__ = ["StreamingMel", "StreamingResampler"]
 

@@ -31,21 +31,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client import contract
-from client.cli_config import add_dataclass_arguments, config_from_args
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.client.cli_config import add_dataclass_arguments, config_from_args
 
 log = logging.getLogger(__name__)
 server_log = logging.getLogger("tritonserver")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 LOOPBACK = "127.0.0.1"
-# Files each model's version folder must hold before Triton can load it (written by `lipsync-export`).
-ARTIFACTS = {
-    contract.EMBEDDED_MODEL: ("model.py", "model.onnx"),
-    contract.ONNX_MODEL: ("model.onnx",),
-    contract.TENSORRT_MODEL: ("model.plan",),
-}
 _LOG_TAIL_LINES = 60
 _LOG_LEVELS = {"E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO}
 # What this CUDA-enabled build says on every start on a machine without a GPU: expected, not a problem.
@@ -120,16 +113,14 @@ def check_repository(repository: Path, models: tuple[str, ...]) -> None:
     if not repository.is_dir():
         raise TritonServerError(f"model repository not found: {repository}")
     for model in models:
-        config = repository / model / "config.pbtxt"
+        config = layout.config_path(repository, model)
         if not config.is_file():
             present = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
             raise TritonServerError(
                 f"model {model!r} not found: {config} does not exist (models in {repository}: {', '.join(present) or 'none'})"
             )
-        for name in ARTIFACTS.get(model, ()):
-            path = repository / model / "1" / name
-            if not path.is_file():
-                raise TritonServerError(f"model {model!r} is missing {path}; create it with `lipsync-export`")
+        for path in layout.missing_files(repository, model):
+            raise TritonServerError(f"model {model!r} is missing {path}; create it with `lipsync-export`")
 
 
 class EmbeddedTritonServer:
@@ -141,7 +132,7 @@ class EmbeddedTritonServer:
 
     def __init__(
         self,
-        model_repository: str | Path = DEFAULT_MODEL_REPOSITORY,
+        model_repository: str | Path = layout.DEFAULT_REPOSITORY,
         models: tuple[str, ...] = (contract.EMBEDDED_MODEL,),
         *,
         grpc_port: int = 0,
@@ -237,10 +228,9 @@ class EmbeddedTritonServer:
         backends = self._prepare_backends(dist)
         env = dict(os.environ)
         # The Python-backend stub ignores PYTHONPATH and runs the first `python3` on PATH: make it ours,
-        # and tell model.py where the project's code is (it may be serving a repository elsewhere).
+        # the project is installed in that environment, so model.py imports it like any package.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libraries), env.get("LD_LIBRARY_PATH")]))
-        env["LIPSYNC_REPO_ROOT"] = str(REPO_ROOT)
         cmd = self.command(dist, backends)
         log.info("starting %s", " ".join(cmd))
         self._log_tail.clear()
@@ -381,7 +371,7 @@ class EmbeddedTritonServer:
 @dataclass(frozen=True)
 class ServerConfig:
     model_repository: Path = field(
-        default=DEFAULT_MODEL_REPOSITORY,
+        default=layout.DEFAULT_REPOSITORY,
         metadata={"flag": "--model-repository", "help": "Triton model repository (written by lipsync-export)"},
     )
     models: tuple[str, ...] = field(
@@ -424,7 +414,7 @@ class ServerConfig:
 
 
 def _check_remote(config: ServerConfig) -> int:
-    from client.backends.triton import TritonBackend
+    from lipsync.client.backends.triton import TritonBackend
 
     model = config.models[0]
     backend = TritonBackend(url=config.url, model=model)

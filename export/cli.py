@@ -15,15 +15,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from client import contract
-from client.backends import DEFAULT_CHECKPOINT
-from client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping, write_resolved_config
-from client.triton_server import DEFAULT_MODEL_REPOSITORY, REPO_ROOT
-from export import model_repository, verify
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.client.backends import DEFAULT_CHECKPOINT
+from lipsync.client.cli_config import (
+    add_dataclass_arguments,
+    config_from_args,
+    config_from_mapping,
+    write_resolved_config,
+)
+from lipsync.export import model_repository, verify
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMING_CACHE = REPO_ROOT / "artifacts" / "tensorrt_timing.cache"
+DEFAULT_TIMING_CACHE = layout.PROJECT_ROOT / "artifacts" / "tensorrt_timing.cache"
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class ExportConfig:
         default=1.0, metadata={"flag": "--width", "help": "width multiplier, only with --random-weights"}
     )
     output_dir: Path = field(
-        default=DEFAULT_MODEL_REPOSITORY, metadata={"flag": "--output-dir", "help": "Triton model repository to write"}
+        default=layout.DEFAULT_REPOSITORY, metadata={"flag": "--output-dir", "help": "Triton model repository to write"}
     )
     opset: int = field(default=18, metadata={"flag": "--opset", "help": "ONNX opset (>= 17)"})
     fp16: bool = field(default=True, metadata={"flag": "--fp16", "help": "also write and verify the FP16 ONNX variant"})
@@ -114,7 +119,7 @@ def _training_steps(checkpoint: Path) -> int | str:
 def _load_model(config: ExportConfig):
     import torch
 
-    from training.networks import Wav2Lip, Wav2LipConfig, count_parameters
+    from lipsync.client.networks import Wav2Lip, Wav2LipConfig, count_parameters
 
     if config.random_weights:
         torch.manual_seed(config.seed)
@@ -158,8 +163,8 @@ def run(config: ExportConfig) -> dict:
             say(f"      {result.describe()}")
         report["verification"] += [asdict(r) for r in results]
 
-    from export.onnx_export import convert_fp16, export_onnx
-    from export.tensorrt_build import EngineSpec, TensorRTRunner, build_engine, tensorrt_unavailable
+    from lipsync.export.onnx_export import convert_fp16, export_onnx
+    from lipsync.export.tensorrt_build import EngineSpec, TensorRTRunner, build_engine, tensorrt_unavailable
 
     if config.tensorrt:
         reason = tensorrt_unavailable()
@@ -168,9 +173,9 @@ def run(config: ExportConfig) -> dict:
 
     import torch
 
-    from client.backends.onnxruntime import OnnxRuntimeBackend
-    from training.networks import save_checkpoint
-    from training.pytorch_backend import PyTorchBackend
+    from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+    from lipsync.client.backends.pytorch import PyTorchBackend
+    from lipsync.client.networks import save_checkpoint
 
     repo = Path(config.output_dir)
     total = 3 + config.fp16 + config.tensorrt
@@ -186,7 +191,7 @@ def run(config: ExportConfig) -> dict:
     report["model"] = description
     reference = PyTorchBackend(model=model, device="cpu", max_batch=config.max_batch)
 
-    onnx_path = model_repository.artifact_path(repo, contract.ONNX_MODEL, "model.onnx")
+    onnx_path = layout.artifact_path(repo, contract.ONNX_MODEL, layout.ONNX_FILE)
     stage(f"PyTorch -> ONNX FP32 (opset {config.opset}, batch 1..{config.max_batch}): {onnx_path}")
     started = time.perf_counter()
     onnx_path.unlink(missing_ok=True)  # it may be a hard link shared with the Python model's copy
@@ -197,7 +202,7 @@ def run(config: ExportConfig) -> dict:
         report["artifacts"]["onnx_fp32"] = str(onnx_path)
 
         if config.fp16:
-            fp16_path = onnx_path.with_name("model_fp16.onnx")
+            fp16_path = onnx_path.with_name(layout.ONNX_FP16_FILE)
             stage(f"ONNX FP32 -> ONNX FP16 (FP32 inputs/outputs): {fp16_path}")
             convert_fp16(onnx_path, fp16_path)
             with OnnxRuntimeBackend(fp16_path, max_batch=config.max_batch) as onnx_fp16:
@@ -206,7 +211,7 @@ def run(config: ExportConfig) -> dict:
 
         engine_path = None
         if config.tensorrt:
-            engine_path = model_repository.artifact_path(repo, contract.TENSORRT_MODEL, "model.plan")
+            engine_path = layout.artifact_path(repo, contract.TENSORRT_MODEL, layout.ENGINE_FILE)
             spec = EngineSpec(opt_batch=min(contract.OPT_BATCH, config.max_batch), max_batch=config.max_batch)
             stage(f"ONNX -> TensorRT FP16 (profile {spec.min_batch}/{spec.opt_batch}/{spec.max_batch}): {engine_path}")
             started = time.perf_counter()
@@ -227,7 +232,7 @@ def run(config: ExportConfig) -> dict:
 
     stage(f"write the Triton model repository: {repo}")
     # Re-saved in this project's format whatever the source was (released .pth, TorchScript, ours).
-    checkpoint_path = model_repository.artifact_path(
+    checkpoint_path = layout.artifact_path(
         repo, contract.EMBEDDED_MODEL, model_repository.EMBEDDED_PARAMETERS["checkpoint"]
     )
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, FileNotFoundError, RuntimeError) as exc:
         print(f"lipsync-export: {exc}", file=sys.stderr)
         return 1
-    path = write_resolved_config(config, Path(config.output_dir) / "export_config.json", extra=report)
+    path = write_resolved_config(config, Path(config.output_dir) / layout.EXPORT_REPORT_FILE, extra=report)
     if not config.quiet:
         print(f"done; resolved config and measurements in {path}")
     return 0

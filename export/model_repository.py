@@ -12,12 +12,12 @@ import os
 import shutil
 from pathlib import Path
 
-from client import contract
-from client.triton_server import ARTIFACTS, DEFAULT_MODEL_REPOSITORY
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.client.model_repository import artifact_path, config_path
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 # Dynamic batcher settings shared by every model. A CPU frame costs tens of ms, a GPU batch a few:
 # waiting 2 ms for company is cheap either way, and the queue is bounded so overload is refused, not hoarded.
 MAX_QUEUE_DELAY_US = 2000
@@ -57,8 +57,8 @@ _BODIES = {
 
 # Settings the Python model reads (1/model.py); file names are relative to the version folder.
 EMBEDDED_PARAMETERS = {
-    "onnx_file": ARTIFACTS[contract.EMBEDDED_MODEL][1],
-    "checkpoint": "model.pt",
+    "onnx_file": layout.ONNX_FILE,
+    "checkpoint": layout.CHECKPOINT_FILE,
     "device": "auto",  # auto: CUDA (PyTorch FP16 + CUDA graphs) when available, else ONNX Runtime on the CPU
     # One thread per instance: with more, ORT threads spin against tracking, blending and the other
     # sessions; measured in the gateway loop on 2 cores: inference p50 441 ms with 0 (all cores), 19 ms with 1.
@@ -125,14 +125,6 @@ def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_path(repository: Path, model: str) -> Path:
-    return Path(repository) / model / "config.pbtxt"
-
-
-def artifact_path(repository: Path, model: str, filename: str) -> Path:
-    return Path(repository) / model / VERSION / filename
-
-
 def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH) -> Path:
     path = config_path(repository, model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +152,8 @@ def install_file(source: Path, destination: Path) -> Path:
 
 def install_python_model(repository: Path) -> Path:
     """Copy the Python model's code into a repository other than the project's own."""
-    destination = artifact_path(repository, contract.EMBEDDED_MODEL, "model.py")
-    source = artifact_path(DEFAULT_MODEL_REPOSITORY, contract.EMBEDDED_MODEL, "model.py")
+    destination = artifact_path(repository, contract.EMBEDDED_MODEL, layout.PYTHON_MODEL_FILE)
+    source = artifact_path(layout.DEFAULT_REPOSITORY, contract.EMBEDDED_MODEL, layout.PYTHON_MODEL_FILE)
     if destination.resolve() != source.resolve():
         if not source.is_file():
             raise FileNotFoundError(f"the Python backend model is missing from the project: {source}")
@@ -182,8 +174,7 @@ def write_repository(
     repository = Path(repository)
     written = [write_config(repository, model, max_batch=max_batch) for model in contract.SERVED_MODELS]
     written.append(install_python_model(repository))
-    onnx_file = ARTIFACTS[contract.ONNX_MODEL][0]
-    written.append(install_file(onnx_fp32, artifact_path(repository, contract.ONNX_MODEL, onnx_file)))
+    written.append(install_file(onnx_fp32, artifact_path(repository, contract.ONNX_MODEL, layout.ONNX_FILE)))
     written.append(
         install_file(onnx_fp32, artifact_path(repository, contract.EMBEDDED_MODEL, EMBEDDED_PARAMETERS["onnx_file"]))
     )
@@ -191,5 +182,5 @@ def write_repository(
         target = artifact_path(repository, contract.EMBEDDED_MODEL, EMBEDDED_PARAMETERS["checkpoint"])
         written.append(install_file(checkpoint, target))
     if engine is not None:
-        written.append(install_file(engine, artifact_path(repository, contract.TENSORRT_MODEL, "model.plan")))
+        written.append(install_file(engine, artifact_path(repository, contract.TENSORRT_MODEL, layout.ENGINE_FILE)))
     return written

@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from client import contract
+from lipsync.client import contract
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client import contract
+from lipsync.client import contract
 
 log = logging.getLogger(__name__)
 

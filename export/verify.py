@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client import contract
+from lipsync.client import contract
 
 # Stated tolerances on generated faces in [0, 1] (max abs, mean abs).
 FP32_TOLERANCE = (1e-4, 1e-5)  # ONNX FP32 vs PyTorch FP32: only summation order differs
@@ -85,7 +85,7 @@ def random_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.cache
 def _speech_mel() -> np.ndarray:
-    from client.audio import load_audio, mel_windows, melspectrogram
+    from lipsync.client.audio import load_audio, mel_windows, melspectrogram
 
     espeak = shutil.which("espeak-ng")
     if espeak is None:
@@ -108,7 +108,7 @@ def _astronaut_bgr() -> np.ndarray:
 
 def real_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A real face (skimage's astronaut, jittered like a tracker's box) and real speech (espeak-ng) windows."""
-    from client.face_crop import CropRegion, batch_face_inputs, crop_face
+    from lipsync.client.face_crop import CropRegion, batch_face_inputs, crop_face
 
     rng = np.random.default_rng(seed)
     windows = _speech_mel()

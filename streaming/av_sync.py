@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streaming.frames import CLOCK_RATE, OutputFrame
-from streaming.metrics import GatewayObserver
-from streaming.speech_source import SpeechTimeline
+from lipsync.streaming.frames import CLOCK_RATE, OutputFrame
+from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.speech_source import SpeechTimeline
 
 logger = logging.getLogger(__name__)
 

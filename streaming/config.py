@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from client import contract
-from client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
+from lipsync.client import contract
+from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
 
 BACKENDS = ("triton", "onnxruntime", "pytorch")
 TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"

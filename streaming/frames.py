@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from client import contract
-from client.face_crop import CropRegion
+from lipsync.client import contract
+from lipsync.client.face_crop import CropRegion
 
 CLOCK_RATE = contract.SAMPLE_RATE
 

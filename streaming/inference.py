@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from client import contract
-from client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
-from streaming.metrics import GatewayObserver
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+from lipsync.streaming.metrics import GatewayObserver
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from streaming.frames import CLOCK_RATE
-from streaming.ice import allow_loopback_candidates, rtc_configuration
-from streaming.speech_source import RECEIVE_AUDIO_HOLD
+from lipsync.streaming.frames import CLOCK_RATE
+from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
+from lipsync.streaming.speech_source import RECEIVE_AUDIO_HOLD
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SpeechTrack(MediaStreamTrack):
 
     def __init__(self, speech: np.ndarray, *, loop: bool = False) -> None:
         super().__init__()
-        from client.audio import resample
+        from lipsync.client.audio import resample
 
         self.samples = (np.clip(resample(speech, CLOCK_RATE, 48_000), -1, 1) * 32767).astype(np.int16)
         self.loop = loop

@@ -31,16 +31,16 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from client.backends import create_backend
-from client.backends.base import BackendError, LipSyncBackend
-from streaming.config import GatewayConfig, parse_args
-from streaming.ice import allow_loopback_candidates, rtc_configuration
-from streaming.inference import FrameInference
-from streaming.metrics import GatewayObserver
-from streaming.presenter import PresenterSource
-from streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
-from streaming.speech_source import SpeechQueueFull, SpeechRefused
-from streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
+from lipsync.client.backends import create_backend
+from lipsync.client.backends.base import BackendError, LipSyncBackend
+from lipsync.streaming.config import GatewayConfig, parse_args
+from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
+from lipsync.streaming.inference import FrameInference
+from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.presenter import PresenterSource
+from lipsync.streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
+from lipsync.streaming.speech_source import SpeechQueueFull, SpeechRefused
+from lipsync.streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
 logger = logging.getLogger(__name__)
 

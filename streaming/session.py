@@ -20,17 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.blend import blend_face
-from client.face_crop import CropRegion, crop_face, model_face_input, pad_box
-from client.face_tracking import FaceTracker
-from streaming.av_sync import AvSynchronizer, MediaClock
-from streaming.config import GatewayConfig
-from streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, SenderClock, VideoFrame, clock_to_seconds
-from streaming.inference import FrameInference
-from streaming.metrics import GatewayObserver
-from streaming.speech_source import MicrophoneReader, PushSpeech, SpeechTimeline
-from streaming.stream import Overflow, Stage
-from streaming.vad import VoiceActivity
+from lipsync.client.blend import blend_face
+from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
+from lipsync.client.face_tracking import FaceTracker
+from lipsync.streaming.av_sync import AvSynchronizer, MediaClock
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, SenderClock, VideoFrame, clock_to_seconds
+from lipsync.streaming.inference import FrameInference
+from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.speech_source import MicrophoneReader, PushSpeech, SpeechTimeline
+from lipsync.streaming.stream import Overflow, Stage
+from lipsync.streaming.vad import VoiceActivity
 
 logger = logging.getLogger(__name__)
 

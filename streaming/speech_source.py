@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from client import contract
-from client.streaming_mel import StreamingMel, StreamingResampler
-from streaming.frames import CLOCK_RATE, AudioChunk, SenderClock
-from streaming.vad import VoiceActivity
+from lipsync.client import contract
+from lipsync.client.streaming_mel import StreamingMel, StreamingResampler
+from lipsync.streaming.frames import CLOCK_RATE, AudioChunk, SenderClock
+from lipsync.streaming.vad import VoiceActivity
 
 logger = logging.getLogger(__name__)
 

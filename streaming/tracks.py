@@ -14,9 +14,9 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
-from client.streaming_mel import StreamingResampler
-from streaming.av_sync import AvSynchronizer
-from streaming.frames import CLOCK_RATE
+from lipsync.client.streaming_mel import StreamingResampler
+from lipsync.streaming.av_sync import AvSynchronizer
+from lipsync.streaming.frames import CLOCK_RATE
 
 VIDEO_RATE = 90_000
 AUDIO_RATE = 48_000

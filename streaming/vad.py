@@ -11,7 +11,7 @@ from collections import deque
 import numpy as np
 import webrtcvad
 
-from streaming.frames import CLOCK_RATE
+from lipsync.streaming.frames import CLOCK_RATE
 
 
 class VoiceActivity:

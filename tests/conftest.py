@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from client import contract
-from client.triton_server import EmbeddedTritonServer
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.client.triton_server import EmbeddedTritonServer
 
 # Narrow enough that a frame costs a few ms on a CPU, wide enough that outputs differ frame to frame.
 TEST_WIDTH = 0.25
@@ -42,13 +43,13 @@ class TritonDeployment:
     @property
     def onnx_path(self) -> Path:
         """The exact file the served model runs, for in-process comparisons."""
-        return self.repository / contract.EMBEDDED_MODEL / "1" / "model.onnx"
+        return layout.artifact_path(self.repository, contract.EMBEDDED_MODEL, layout.ONNX_FILE)
 
 
 @pytest.fixture(scope="session")
 def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from export.cli import ExportConfig, run
+    from lipsync.export.cli import ExportConfig, run
 
     repository = tmp_path_factory.mktemp("model_repository")
     config = ExportConfig(

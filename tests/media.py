@@ -5,7 +5,7 @@ repository root). The generators live in benchmarks/synthetic_media.py, because 
 benchmarks use them too and must not import tests.
 """
 
-from benchmarks.synthetic_media import (
+from lipsync.benchmarks.synthetic_media import (
     ASTRONAUT_FACE_BOX,
     SyntheticClip,
     astronaut_bgr,

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from training.config import (
+from lipsync.training.config import (
     ConfigError,
     EvaluateConfig,
     ExpertTrainConfig,
@@ -46,7 +46,7 @@ def _add_resume(parser: argparse.ArgumentParser) -> None:
 
 def _trainer_config(cls: type, args: argparse.Namespace):
     """Resolve a trainer config; with --resume the checkpoint's saved config replaces defaults and preset."""
-    from training.runtime import resolve_resume, saved_train_config
+    from lipsync.training.runtime import resolve_resume, saved_train_config
 
     provisional = config_from_args(cls, args)
     resume = resolve_resume(args.resume, provisional.out_dir)
@@ -61,7 +61,7 @@ def _print_result(result: dict) -> None:
 
 
 def _run_expert(args: argparse.Namespace) -> int:
-    from training.train_expert import train
+    from lipsync.training.train_expert import train
 
     config, resume = _trainer_config(ExpertTrainConfig, args)
     _print_result(train(config, resume))
@@ -69,7 +69,7 @@ def _run_expert(args: argparse.Namespace) -> int:
 
 
 def _run_generator(args: argparse.Namespace) -> int:
-    from training.train_generator import train
+    from lipsync.training.train_generator import train
 
     config, resume = _trainer_config(GeneratorTrainConfig, args)
     _print_result(train(config, resume))
@@ -77,7 +77,7 @@ def _run_generator(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from lipsync.training.evaluate import evaluate
 
     report = evaluate(config_from_args(EvaluateConfig, args))
     summary = {k: report[k] for k in ("scorer", "split", "conditions") if k in report}
@@ -88,14 +88,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from training.data.preprocess import run
+    from lipsync.training.data.preprocess import run
 
     return run(args)
 
 
 def _add_corpus(subparsers: argparse._SubParsersAction) -> None:
     try:
-        from training.data.synthetic import cli as synthetic_cli
+        from lipsync.training.data.synthetic import cli as synthetic_cli
     except ImportError as exc:  # the synthetic corpus module is optional for everything else
         reason = str(exc)
         p = subparsers.add_parser("corpus", help="generate the synthetic corpus (unavailable here)")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_corpus(sub)
 
-    from training.data import preprocess  # light: no torch
+    from lipsync.training.data import preprocess  # light: no torch
 
     p = sub.add_parser(
         "preprocess", help="real video -> face crops + audio.wav in the LRS2 layout", description=preprocess.__doc__
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, EvaluateConfig)
     p.set_defaults(func=_run_evaluate)
 
-    from training import publish
+    from lipsync.training import publish
 
     publish.add_subcommand(sub)
     return parser
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from training.runtime import setup_logging
+    from lipsync.training.runtime import setup_logging
 
     setup_logging()
     if args.verbose:

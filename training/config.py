@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.cli_config import config_from_mapping
+from lipsync.client.cli_config import config_from_mapping
 
 T = TypeVar("T")
 

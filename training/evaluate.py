@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from client.contract import FACE_SIZE, MASK_START_ROW
-from training.config import EvaluateConfig
-from training.data.lrs2 import SYNC_T, Clip, ExpertDataset, load_clips, mel_start
-from training.lse import (
+from lipsync.client.contract import FACE_SIZE, MASK_START_ROW
+from lipsync.training.config import EvaluateConfig
+from lipsync.training.data.lrs2 import SYNC_T, Clip, ExpertDataset, load_clips, mel_start
+from lipsync.training.lse import (
     MFCC_PER_VIDEO_FRAME,
     MFCC_WINDOW,
     SAMPLES_PER_VIDEO_FRAME,
@@ -27,7 +27,7 @@ from training.lse import (
     to_int16_scale,
     window_count,
 )
-from training.runtime import resolve_device
+from lipsync.training.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,15 @@ class ExpertScorer:
         return _batched(self.expert.embed_faces, window, n, self.batch_size, self.device)
 
     def audio_features(self, wav: np.ndarray, n: int) -> Tensor:
-        from client.audio import melspectrogram
+        from lipsync.client.audio import melspectrogram
 
         mel = melspectrogram(wav.astype(np.float32))
         return _batched(
-            self.expert.embed_audio, lambda v: mel[None, :, mel_start(v) : mel_start(v) + 16], n, self.batch_size, self.device
+            self.expert.embed_audio,
+            lambda v: mel[None, :, mel_start(v) : mel_start(v) + 16],
+            n,
+            self.batch_size,
+            self.device,
         )
 
 
@@ -96,7 +100,7 @@ class SyncNetV2Scorer:
     name = "syncnet_v2"
 
     def __init__(self, path: str, device: torch.device, batch_size: int) -> None:
-        from training.networks.syncnet_v2 import SyncNetV2
+        from lipsync.client.networks.syncnet_v2 import SyncNetV2
 
         self.net = SyncNetV2.from_checkpoint(path, map_location=device).eval()
         self.device = device
@@ -156,7 +160,7 @@ def longest_run(frames: tuple[int, ...]) -> tuple[int, int]:
 
 
 def load_eval_clip(clip: Clip) -> EvalClip | None:
-    from client.audio import load_audio
+    from lipsync.client.audio import load_audio
 
     first, length = longest_run(clip.frames)
     frames = [read_frame_native(clip.frame_path(i)) for i in range(first, first + length)]
@@ -206,7 +210,7 @@ def generate_clip(
     generator cannot copy the true mouth (at inference the reference is the frame itself). Frame t
     is driven by the mel window of frame t + mel_shift, clamped to the audio (the training layout).
     """
-    from client.audio import melspectrogram
+    from lipsync.client.audio import melspectrogram
 
     faces = [_to_face(f) for f in frames]
     n = len(faces)
@@ -238,7 +242,7 @@ def expert_probabilities(
     expert: torch.nn.Module, dataset: ExpertDataset, device: torch.device, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(sync probabilities, labels) of every sample of a fixed expert dataset."""
-    from training.networks.syncnet import sync_probability
+    from lipsync.client.networks.syncnet import sync_probability
 
     probs, labels = [], []
     for start in range(0, len(dataset), batch_size):
@@ -324,7 +328,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         torch.set_num_threads(config.torch_threads)
     expert = None
     if config.expert_checkpoint:
-        from training.networks.syncnet import SyncNet
+        from lipsync.client.networks.syncnet import SyncNet
 
         expert = SyncNet.from_checkpoint(config.expert_checkpoint, map_location=device).eval()
     scorer: SyncScorer
@@ -397,8 +401,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 def _load_generator(config: EvaluateConfig, device: torch.device) -> tuple[torch.nn.Module | None, int]:
     if not config.generator_checkpoint:
         return None, config.mel_shift if config.mel_shift is not None else -1
-    from training.networks.checkpoints import CheckpointError, load_checkpoint
-    from training.networks.wav2lip import Wav2Lip
+    from lipsync.client.networks.checkpoints import CheckpointError, load_checkpoint
+    from lipsync.client.networks.wav2lip import Wav2Lip
 
     generator = Wav2Lip.from_checkpoint(config.generator_checkpoint, map_location=device).eval()
     if config.mel_shift is not None:

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from client.contract import MASK_START_ROW
-from training.networks.syncnet import sync_loss as _expert_bce
+from lipsync.client.contract import MASK_START_ROW
+from lipsync.client.networks.syncnet import sync_loss as _expert_bce
 
 __all__ = [
     "adversarial_loss",

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.networks.checkpoints import load_checkpoint, write_atomically
+from lipsync.client.networks.checkpoints import load_checkpoint, write_atomically
 
 
 def publish(checkpoint: Path, out: Path) -> dict:

@@ -271,7 +271,7 @@ def setup_logging(ctx: Dist | None = None) -> None:
 
 def saved_train_config(path: str | Path) -> dict:
     """The training config stored in a trainer's checkpoint (a resumed run starts from it)."""
-    from training.networks.checkpoints import CheckpointError, load_checkpoint
+    from lipsync.client.networks.checkpoints import CheckpointError, load_checkpoint
 
     extra = load_checkpoint(path).get("extra") or {}
     if "train_config" not in extra:
@@ -281,7 +281,7 @@ def saved_train_config(path: str | Path) -> dict:
 
 def samples_per_clip(n_samples: int, root: str | Path, split: str) -> int:
     """Windows per clip so that a fixed evaluation set holds at least `n_samples`."""
-    from training.data.lrs2 import read_filelist
+    from lipsync.training.data.lrs2 import read_filelist
 
     return max(1, -(-n_samples // max(len(read_filelist(root, split)), 1)))
 
@@ -342,7 +342,7 @@ class TrainLoop:
 
     # ---- checkpoints ----
     def save(self) -> Path | None:
-        from training.networks.checkpoints import save_checkpoint
+        from lipsync.client.networks.checkpoints import save_checkpoint
 
         if not self.ctx.is_main:
             return None
@@ -361,7 +361,7 @@ class TrainLoop:
 
     def load(self, path: Path) -> None:
         """Restore model, optimizer, step and the subclass's state from one of our checkpoints."""
-        from training.networks.checkpoints import CheckpointError, load_checkpoint, strict_load
+        from lipsync.client.networks.checkpoints import CheckpointError, load_checkpoint, strict_load
 
         ckpt = load_checkpoint(path, map_location=self.ctx.device)
         expected = type(self.model.config).__name__
@@ -387,7 +387,7 @@ class TrainLoop:
         cfg, ctx = self.config, self.ctx
         if ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            from training.config import save_config
+            from lipsync.training.config import save_config
 
             save_config(cfg, self.out_dir / "config.json", {"world_size": ctx.world_size})
         loader = step_loader(

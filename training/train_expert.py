@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.config import ExpertTrainConfig, build_config
-from training.data.lrs2 import ExpertDataset
-from training.losses import cosine_bce
-from training.networks.syncnet import SyncNet, SyncNetConfig, sync_probability
-from training.runtime import (
+from lipsync.client.networks.syncnet import SyncNet, SyncNetConfig, sync_probability
+from lipsync.training.config import ExpertTrainConfig, build_config
+from lipsync.training.data.lrs2 import ExpertDataset
+from lipsync.training.losses import cosine_bce
+from lipsync.training.runtime import (
     Dist,
     TrainLoop,
     all_reduce_mean,

@@ -13,9 +13,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.config import GeneratorTrainConfig, build_config
-from training.data.lrs2 import GeneratorDataset
-from training.losses import (
+from lipsync.client.networks.checkpoints import CheckpointError, strict_load
+from lipsync.client.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
+from lipsync.client.networks.syncnet import SyncNet
+from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig
+from lipsync.training.config import GeneratorTrainConfig, build_config
+from lipsync.training.data.lrs2 import GeneratorDataset
+from lipsync.training.losses import (
     adversarial_loss,
     combine_generator_loss,
     expert_sync_loss,
@@ -23,11 +27,7 @@ from training.losses import (
     l1_loss,
     unfold_time,
 )
-from training.networks.checkpoints import CheckpointError, strict_load
-from training.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
-from training.networks.syncnet import SyncNet
-from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
-from training.runtime import (
+from lipsync.training.runtime import (
     Dist,
     TrainLoop,
     all_reduce_mean,

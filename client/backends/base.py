@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from client import contract
+from lipsync.client import contract
 
 
 class BackendError(RuntimeError):

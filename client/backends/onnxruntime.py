@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client import contract
-from client.backends.base import BackendError, LipSyncBackend
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, LipSyncBackend
 
 log = logging.getLogger(__name__)
 

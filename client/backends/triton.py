@@ -27,8 +27,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from client import contract
-from client.backends.onnxruntime import OnnxRuntimeBackend
-from streaming.config import GatewayConfig
-from streaming.server import Gateway
+from lipsync.client import contract
+from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.server import Gateway
 from tests.media import moving_face_clip
 
 pytestmark = [

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import contract
-from client.backends.onnxruntime import OnnxRuntimeBackend
-from export import verify
-from export.tensorrt_build import tensorrt_unavailable
+from lipsync.client import contract
+from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+from lipsync.export import verify
+from lipsync.export.tensorrt_build import tensorrt_unavailable
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +26,7 @@ WIDTH = 0.5
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.cli import ExportConfig, run
+    from lipsync.export.cli import ExportConfig, run
 
     repository = tmp_path_factory.mktemp("repository")
     run(ExportConfig(random_weights=True, width=WIDTH, output_dir=repository, fp16=False, quiet=True))
@@ -35,7 +35,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @needs_tensorrt
 def test_engine_matches_onnxruntime_across_the_profile(exported: Path, tmp_path: Path) -> None:
-    from export.tensorrt_build import EngineSpec, TensorRTRunner, build_engine
+    from lipsync.export.tensorrt_build import EngineSpec, TensorRTRunner, build_engine
 
     onnx_path = exported / contract.ONNX_MODEL / "1" / "model.onnx"
     cache = tmp_path / "timing.cache"
@@ -65,7 +65,7 @@ def test_engine_matches_onnxruntime_across_the_profile(exported: Path, tmp_path:
 
 @needs_tensorrt
 def test_export_cli_tensorrt_stage(tmp_path: Path) -> None:
-    from export.cli import main
+    from lipsync.export.cli import main
 
     args = ["--random-weights", "--width", str(WIDTH), "--output-dir", str(tmp_path), "--tensorrt"]
     args += ["--timing-cache", str(tmp_path / "timing.cache")]
@@ -75,8 +75,8 @@ def test_export_cli_tensorrt_stage(tmp_path: Path) -> None:
 
 @needs_cuda
 def test_embedded_model_runs_pytorch_fp16_with_cuda_graphs_on_a_gpu(exported: Path) -> None:
-    from client.backends.triton import TritonBackend
-    from client.triton_server import EmbeddedTritonServer
+    from lipsync.client.backends.triton import TritonBackend
+    from lipsync.client.triton_server import EmbeddedTritonServer
 
     mel, faces = verify.real_inputs(12)
     want = OnnxRuntimeBackend(exported / contract.ONNX_MODEL / "1" / "model.onnx").infer(mel, faces)

@@ -24,15 +24,15 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from client import contract
-from client.audio import load_audio
-from client.backends.triton import TritonBackend
-from client.face_tracking import FaceBox
-from client.triton_server import EmbeddedTritonServer
-from streaming.config import GatewayConfig
-from streaming.frames import CLOCK_RATE
-from streaming.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
-from streaming.server import Gateway
+from lipsync.client import contract
+from lipsync.client.audio import load_audio
+from lipsync.client.backends.triton import TritonBackend
+from lipsync.client.face_tracking import FaceBox
+from lipsync.client.triton_server import EmbeddedTritonServer
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.frames import CLOCK_RATE
+from lipsync.streaming.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
+from lipsync.streaming.server import Gateway
 from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, frame_without_face, make_moving_face_clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -155,7 +155,7 @@ class TalkingClip:
 
 def talking_clip(gap_s: float = 1.5) -> TalkingClip:
     """The synthetic talking head saying a sentence twice, with the face still and silent in between."""
-    from training.data.synthetic.clip import render_talking_clip
+    from lipsync.training.data.synthetic.clip import render_talking_clip
 
     frames, audio, boxes = render_talking_clip(3, "hello there, this is the lip sync gateway", size=SIZE, fps=FPS)
     boxes = [FaceBox(*b) for b in boxes]
@@ -289,7 +289,7 @@ async def test_no_face_in_view_passes_video_through(gateway) -> None:
 
 PEER_SCRIPT = """
 import asyncio, sys
-from streaming.peer import GatewayClient
+from lipsync.streaming.peer import GatewayClient
 from tests.media import moving_face_clip
 async def main():
     client = GatewayClient(sys.argv[1])

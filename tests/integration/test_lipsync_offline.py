@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.synthetic_media import make_moving_face_clip
-from client.video_io import Mp4Writer
+from lipsync.benchmarks.synthetic_media import make_moving_face_clip
+from lipsync.client.video_io import Mp4Writer
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +68,8 @@ def decode_frames(path: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
-    from training.networks.checkpoints import save_checkpoint
-    from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
+    from lipsync.client.networks.checkpoints import save_checkpoint
+    from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig
 
     torch.manual_seed(0)
     config = Wav2LipConfig(width=0.25)
@@ -89,7 +89,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def run_lipsync(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "client.lipsync", "--quiet", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "lipsync.client.lipsync", "--quiet", *args], capture_output=True, text=True, timeout=300
     )
 
 
@@ -155,7 +155,7 @@ def test_still_image_loops_for_the_audio_duration(tiny_checkpoint: Path, inputs:
 
 
 def test_frames_without_a_face_pass_through(tiny_checkpoint: Path, inputs: dict, tmp_path: Path) -> None:
-    from benchmarks.synthetic_media import frame_without_face
+    from lipsync.benchmarks.synthetic_media import frame_without_face
 
     empty = [frame_without_face(SIZE)] * 10
     video = tmp_path / "noface.mp4"

@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.synthetic_media import frame_without_face, make_moving_face_clip
-from client.audio import SAMPLE_RATE
-from client.face_crop import crop_face, pad_box
-from client.video_io import Mp4Writer
-from training import cli
-from training.data.lrs2 import ExpertDataset, GeneratorDataset, load_clips
+from lipsync.benchmarks.synthetic_media import frame_without_face, make_moving_face_clip
+from lipsync.client.audio import SAMPLE_RATE
+from lipsync.client.face_crop import crop_face, pad_box
+from lipsync.client.video_io import Mp4Writer
+from lipsync.training import cli
+from lipsync.training.data.lrs2 import ExpertDataset, GeneratorDataset, load_clips
 
 SIZE = (320, 240)
 SOURCE_FPS = 30  # not the corpus rate: preprocessing must resample to 25 fps

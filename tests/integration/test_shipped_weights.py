@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from client.backends import DEFAULT_CHECKPOINT
-from training import cli
-from training.data.lrs2 import SYNC_T, compute_mel, frames_to_expert_input, load_clips, mel_window, read_frame
-from training.networks.syncnet import SyncNet, sync_probability
+from lipsync.client.backends import DEFAULT_CHECKPOINT
+from lipsync.client.networks.syncnet import SyncNet, sync_probability
+from lipsync.training import cli
+from lipsync.training.data.lrs2 import SYNC_T, compute_mel, frames_to_expert_input, load_clips, mel_window, read_frame
 
 SHIPPED_EXPERT = DEFAULT_CHECKPOINT.parent / "expert_cpu.pt"
 UNSEEN_SEED = 20261122  # the shipped models were trained on seed 0's population
@@ -70,9 +70,9 @@ def test_shipped_expert_tells_aligned_from_shifted_audio_on_unseen_speakers(unse
 
 @pytest.mark.slow
 def test_shipped_generator_lips_follow_their_own_audio_on_unseen_speakers(unseen_corpus: Path) -> None:
-    from training.evaluate import ExpertScorer, fit_length, generate_clip, load_eval_clip
-    from training.lse import lse_scores, window_count
-    from training.networks.wav2lip import Wav2Lip
+    from lipsync.client.networks.wav2lip import Wav2Lip
+    from lipsync.training.evaluate import ExpertScorer, fit_length, generate_clip, load_eval_clip
+    from lipsync.training.lse import lse_scores, window_count
 
     generator = Wav2Lip.from_checkpoint(DEFAULT_CHECKPOINT)
     mel_shift = 0  # the shipped generator is trained for live inference's alignment
@@ -92,5 +92,7 @@ def test_shipped_generator_lips_follow_their_own_audio_on_unseen_speakers(unseen
         other.append(lse_scores(video, scorer.audio_features(foreign, n)).dist_at_zero)
     assert max(upper_errors) < 0.1, f"upper-half mean abs error {max(upper_errors):.3f} (0..1 scale)"
     own_d, other_d = float(np.mean(own)), float(np.mean(other))
-    print(f"generated: distance {own_d:.3f} with its audio, {other_d:.3f} with another's; upper L1 {max(upper_errors):.3f}")
+    print(
+        f"generated: distance {own_d:.3f} with its audio, {other_d:.3f} with another's; upper L1 {max(upper_errors):.3f}"
+    )
     assert own_d < other_d - 0.03, f"expert distance with the driving audio {own_d:.3f} vs another clip's {other_d:.3f}"

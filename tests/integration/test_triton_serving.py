@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 import pytest
 
-from client import contract
-from client.backends.base import BackendError, BackendUnavailable
-from client.backends.onnxruntime import OnnxRuntimeBackend
-from client.backends.triton import TritonBackend
-from client.triton_server import EmbeddedTritonServer, TritonServerError, free_port
-from export import model_repository
-from export.verify import random_inputs, real_inputs
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, BackendUnavailable
+from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+from lipsync.client.backends.triton import TritonBackend
+from lipsync.client.triton_server import EmbeddedTritonServer, TritonServerError, free_port
+from lipsync.export import model_repository
+from lipsync.export.verify import random_inputs, real_inputs
 
 if TYPE_CHECKING:
     from tests.conftest import TritonDeployment
@@ -217,7 +217,7 @@ def test_a_model_that_fails_to_load_reports_the_server_log(tmp_path: Path) -> No
 
 
 def test_lipsync_server_command_serves_until_a_signal(triton_repository: Path) -> None:
-    command = [sys.executable, "-m", "client.triton_server", "--model-repository", str(triton_repository)]
+    command = [sys.executable, "-m", "lipsync.client.triton_server", "--model-repository", str(triton_repository)]
     ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
     process = subprocess.Popen([*command, *ports], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -239,7 +239,7 @@ def test_lipsync_server_command_serves_until_a_signal(triton_repository: Path) -
 
 
 def test_lipsync_server_url_checks_an_existing_server(triton_server: TritonDeployment) -> None:
-    command = [sys.executable, "-m", "client.triton_server", "--startup-timeout", "2", "--url"]
+    command = [sys.executable, "-m", "lipsync.client.triton_server", "--startup-timeout", "2", "--url"]
     ok = subprocess.run([*command, triton_server.grpc_url], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert f"--triton_url {triton_server.grpc_url}" in ok.stdout
@@ -271,7 +271,7 @@ def test_lipsync_backend_triton_end_to_end(triton_server: TritonDeployment, tmp_
     common = ["--face", str(image), "--audio", str(speech), "--box", str(y1), str(y2), str(x1), str(x2), "--quiet"]
 
     def run(out: Path, *backend: str) -> list[np.ndarray]:
-        command = [sys.executable, "-m", "client.lipsync", *common, "--outfile", str(out), *backend]
+        command = [sys.executable, "-m", "lipsync.client.lipsync", *common, "--outfile", str(out), *backend]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         return decode(out)

@@ -1,4 +1,4 @@
-"""client.audio: the mel spectrogram against an independent librosa computation of the original
+"""lipsync.client.audio: the mel spectrogram against an independent librosa computation of the original
 pipeline, the per-frame window indexing against inference.py's loop, resampling, and decoding of
 real files written here with PyAV."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from client import audio
-from client.audio import AudioError
+from lipsync.client import audio
+from lipsync.client.audio import AudioError
 
 pytestmark = pytest.mark.unit
 

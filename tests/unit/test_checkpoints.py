@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.networks.checkpoints import (
+from lipsync.client.networks.checkpoints import (
     CheckpointError,
     count_parameters,
     load_checkpoint,
     load_state_dict,
     save_checkpoint,
 )
-from training.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
-from training.networks.syncnet import SyncNet, SyncNetConfig
-from training.networks.syncnet_v2 import SyncNetV2
-from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
+from lipsync.client.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
+from lipsync.client.networks.syncnet import SyncNet, SyncNetConfig
+from lipsync.client.networks.syncnet_v2 import SyncNetV2
+from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig
 
 pytestmark = [
     pytest.mark.unit,
@@ -29,7 +29,7 @@ pytestmark = [
 ]
 
 NARROW = Wav2LipConfig(width=0.25)
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # the project's own copy
 
 
 def reference_keys(name: str) -> dict[str, tuple[int, ...]]:
@@ -307,7 +307,7 @@ def test_checkpoint_error_is_a_value_error():
 
 
 def test_publish_strips_optimizer_and_discriminator_and_loads_back(tmp_path: Path) -> None:
-    from training import cli
+    from lipsync.training import cli
 
     torch.manual_seed(0)
     config = SyncNetConfig(width=0.25, center_frames=True)

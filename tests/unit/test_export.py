@@ -9,15 +9,15 @@ import numpy as np
 import onnx
 import pytest
 
-from client import contract
-from client.backends.onnxruntime import OnnxRuntimeBackend
-from export import model_repository, verify
-from export.cli import ExportConfig, main, parse_config
-from export.onnx_export import check_onnx_io, convert_fp16
-from export.tensorrt_build import tensorrt_unavailable
+from lipsync.client import contract
+from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
+from lipsync.export import model_repository, verify
+from lipsync.export.cli import ExportConfig, main, parse_config
+from lipsync.export.onnx_export import check_onnx_io, convert_fp16
+from lipsync.export.tensorrt_build import tensorrt_unavailable
 
 torch = pytest.importorskip("torch")
-from training.networks import Wav2Lip, Wav2LipConfig  # noqa: E402
+from lipsync.client.networks import Wav2Lip, Wav2LipConfig  # noqa: E402
 
 pytestmark = pytest.mark.unit
 WIDTH = 0.25

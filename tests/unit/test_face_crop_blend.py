@@ -6,10 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from client import contract
-from client.blend import DEFAULT_FEATHER, MASK_TOP, blend_face, blend_mask, generated_to_region
-from client.face_crop import CropRegion, batch_face_inputs, crop_face, mask_lower_half, model_face_input, pad_box
-from client.face_tracking import FaceBox
+from lipsync.client import contract
+from lipsync.client.blend import DEFAULT_FEATHER, MASK_TOP, blend_face, blend_mask, generated_to_region
+from lipsync.client.face_crop import (
+    CropRegion,
+    batch_face_inputs,
+    crop_face,
+    mask_lower_half,
+    model_face_input,
+    pad_box,
+)
+from lipsync.client.face_tracking import FaceBox
 
 pytestmark = pytest.mark.unit
 

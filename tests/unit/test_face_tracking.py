@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.face_tracking import (
+from lipsync.client.face_tracking import (
     FaceBox,
     FaceDetector,
     FaceTracker,
@@ -109,7 +109,7 @@ def test_detection_runs_offline_without_a_network():
             raise SystemExit("the network is reachable: this check proves nothing")
         except OSError:
             pass
-        from client.face_tracking import MediaPipeFaceDetector
+        from lipsync.client.face_tracking import MediaPipeFaceDetector
         from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr
         box = MediaPipeFaceDetector().detect(astronaut_bgr())
         print(round(box.iou(ASTRONAUT_FACE_BOX), 2))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.lse import (
+from lipsync.training.lse import (
     MFCC_NUMCEP,
     calc_pdist,
     lse_scores,

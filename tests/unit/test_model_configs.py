@@ -8,13 +8,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client import contract
-from client.triton_server import ARTIFACTS, DEFAULT_MODEL_REPOSITORY
-from export import model_repository
+from lipsync.client import contract
+from lipsync.client import model_repository as layout
+from lipsync.export import model_repository
 
 pytestmark = pytest.mark.unit
 
-REPOSITORY = DEFAULT_MODEL_REPOSITORY
+REPOSITORY = layout.DEFAULT_REPOSITORY
 KIND = {
     contract.EMBEDDED_MODEL: mc.ModelInstanceGroup.KIND_CPU,
     contract.ONNX_MODEL: mc.ModelInstanceGroup.KIND_GPU,
@@ -83,7 +83,7 @@ def test_python_model_parameters_name_its_files() -> None:
     config = load(contract.EMBEDDED_MODEL)
     params = {key: value.string_value for key, value in config.parameters.items()}
     assert params == model_repository.EMBEDDED_PARAMETERS
-    assert params["onnx_file"] in ARTIFACTS[contract.EMBEDDED_MODEL]
+    assert params["onnx_file"] in layout.REQUIRED_FILES[contract.EMBEDDED_MODEL]
     assert (REPOSITORY / contract.EMBEDDED_MODEL / "1" / "model.py").is_file()
 
 

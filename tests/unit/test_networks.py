@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.networks.blocks import Conv2d, NoNormConv2d
-from training.networks.checkpoints import count_parameters
-from training.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
-from training.networks.syncnet import SyncNet, SyncNetConfig, sync_loss, sync_probability
-from training.networks.syncnet_v2 import SyncNetV2
-from training.networks.wav2lip import Wav2Lip, Wav2LipConfig, build
+from lipsync.client.networks.blocks import Conv2d, NoNormConv2d
+from lipsync.client.networks.checkpoints import count_parameters
+from lipsync.client.networks.quality_disc import QualityDiscConfig, QualityDiscriminator
+from lipsync.client.networks.syncnet import SyncNet, SyncNetConfig, sync_loss, sync_probability
+from lipsync.client.networks.syncnet_v2 import SyncNetV2
+from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig, build
 
 pytestmark = pytest.mark.unit
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "reference"  # the project's own copy
 
 # (network factory, reference key table, parameter count measured on the reference code)
 FULL_WIDTH = {
@@ -252,7 +252,7 @@ def test_lse_scorer_embeds_exactly_as_the_expert_forward():
     # The LSE offset search embeds faces and audio separately; a centred expert must be centred there too.
     import numpy as np
 
-    from training.evaluate import ExpertScorer
+    from lipsync.training.evaluate import ExpertScorer
 
     torch.manual_seed(0)
     expert = SyncNet(SyncNetConfig(width=0.25, center_frames=True)).eval()
@@ -260,9 +260,12 @@ def test_lse_scorer_embeds_exactly_as_the_expert_forward():
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(10)]
     n = 6
-    windows = torch.from_numpy(
-        np.stack([np.concatenate([f[48:] for f in frames[v : v + 5]], axis=2).transpose(2, 0, 1) for v in range(n)])
-    ).float() / 255.0
+    windows = (
+        torch.from_numpy(
+            np.stack([np.concatenate([f[48:] for f in frames[v : v + 5]], axis=2).transpose(2, 0, 1) for v in range(n)])
+        ).float()
+        / 255.0
+    )
     with torch.no_grad():
         _, expected = expert(torch.zeros(n, 1, 80, 16), windows)
     torch.testing.assert_close(scorer.video_features(frames, n), expected, rtol=1e-4, atol=1e-5)

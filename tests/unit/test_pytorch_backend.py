@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from client import contract
-from client.backends.base import BackendError
-from training.networks.checkpoints import save_checkpoint
-from training.networks.wav2lip import Wav2Lip, Wav2LipConfig
-from training.pytorch_backend import PyTorchBackend, graph_buckets
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError
+from lipsync.client.backends.pytorch import PyTorchBackend, graph_buckets
+from lipsync.client.networks.checkpoints import save_checkpoint
+from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig
 
 pytestmark = pytest.mark.unit
 

@@ -7,11 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from streaming.av_sync import AUDIO_FRAME, AvSynchronizer, MediaClock
-from streaming.frames import CLOCK_RATE, AudioChunk, OutputFrame, VideoFrame
-from streaming.metrics import GatewayObserver
-from streaming.speech_source import SpeechTimeline
-from streaming.vad import VoiceActivity
+from lipsync.streaming.av_sync import AUDIO_FRAME, AvSynchronizer, MediaClock
+from lipsync.streaming.frames import CLOCK_RATE, AudioChunk, OutputFrame, VideoFrame
+from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.speech_source import SpeechTimeline
+from lipsync.streaming.vad import VoiceActivity
 
 pytestmark = pytest.mark.unit
 

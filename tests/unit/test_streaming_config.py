@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streaming.config import TOKEN_ENV, GatewayConfig, parse_args
+from lipsync.streaming.config import TOKEN_ENV, GatewayConfig, parse_args
 
 pytestmark = pytest.mark.unit
 

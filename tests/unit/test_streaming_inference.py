@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from client.backends.base import LipSyncBackend
-from streaming.inference import FrameInference
-from streaming.metrics import GatewayObserver
+from lipsync.client.backends.base import LipSyncBackend
+from lipsync.streaming.inference import FrameInference
+from lipsync.streaming.metrics import GatewayObserver
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""client.streaming_mel: the streaming mel and resampler give the offline numbers for any chunking,
+"""lipsync.client.streaming_mel: the streaming mel and resampler give the offline numbers for any chunking,
 as soon as the samples a column needs have arrived, in bounded memory."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from client import audio
-from client.audio import AudioError
-from client.streaming_mel import StreamingMel, StreamingResampler
+from lipsync.client import audio
+from lipsync.client.audio import AudioError
+from lipsync.client.streaming_mel import StreamingMel, StreamingResampler
 
 pytestmark = pytest.mark.unit
 

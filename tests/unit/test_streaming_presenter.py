@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from streaming.presenter import PresenterError, PresenterSource
+from lipsync.streaming.presenter import PresenterError, PresenterSource
 
 pytestmark = pytest.mark.unit
 

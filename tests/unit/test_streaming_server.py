@@ -8,9 +8,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
 
-from streaming.config import GatewayConfig
-from streaming.ice import rtc_configuration
-from streaming.server import Gateway
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.ice import rtc_configuration
+from lipsync.streaming.server import Gateway
 from tests.unit.test_streaming_session import GreyMouthBackend
 
 pytestmark = pytest.mark.unit

@@ -7,13 +7,13 @@ import asyncio
 import numpy as np
 import pytest
 
-from client.backends.base import BackendUnavailable, LipSyncBackend
-from client.face_tracking import FaceTracker, FixedBoxDetector
-from streaming.config import GatewayConfig
-from streaming.frames import CLOCK_RATE
-from streaming.inference import FrameInference
-from streaming.metrics import GatewayObserver
-from streaming.session import FaceProcessor, Session, SessionOptions
+from lipsync.client.backends.base import BackendUnavailable, LipSyncBackend
+from lipsync.client.face_tracking import FaceTracker, FixedBoxDetector
+from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.frames import CLOCK_RATE
+from lipsync.streaming.inference import FrameInference
+from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.session import FaceProcessor, Session, SessionOptions
 from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, frame_without_face
 
 pytestmark = pytest.mark.unit

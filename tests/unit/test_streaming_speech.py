@@ -7,10 +7,16 @@ import asyncio
 import numpy as np
 import pytest
 
-from streaming.frames import CLOCK_RATE, AudioChunk
-from streaming.peer import SpeechTrack
-from streaming.speech_source import RECEIVE_AUDIO_HOLD, MicrophoneReader, PushSpeech, SpeechRefused, SpeechTimeline
-from streaming.vad import VoiceActivity
+from lipsync.streaming.frames import CLOCK_RATE, AudioChunk
+from lipsync.streaming.peer import SpeechTrack
+from lipsync.streaming.speech_source import (
+    RECEIVE_AUDIO_HOLD,
+    MicrophoneReader,
+    PushSpeech,
+    SpeechRefused,
+    SpeechTimeline,
+)
+from lipsync.streaming.vad import VoiceActivity
 from tests.unit.test_streaming_session import speech_like
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streaming.stream import Overflow, Stage
+from lipsync.streaming.stream import Overflow, Stage
 
 pytestmark = pytest.mark.unit
 

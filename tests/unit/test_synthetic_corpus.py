@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.synthetic import espeak
-from training.data.synthetic.espeak import EspeakNotFound, Voice
+from lipsync.training.data.synthetic import espeak
+from lipsync.training.data.synthetic.espeak import EspeakNotFound, Voice
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +55,7 @@ def test_phoneme_events_are_ordered_and_cover_the_audio(speech) -> None:
 
 
 def test_bilabials_close_the_lips_and_vowels_open_them(speech) -> None:
-    from training.data.synthetic.visemes import P, frame_track, mouth_openness, place_targets
+    from lipsync.training.data.synthetic.visemes import P, frame_track, mouth_openness, place_targets
 
     n = int(speech.duration * 25)
     track = frame_track(speech.phonemes, speech.duration, n)
@@ -76,7 +76,7 @@ def _frame_energy(audio: np.ndarray, n: int) -> np.ndarray:
 
 def test_mouth_openness_follows_the_audio_in_time() -> None:
     _espeak_or_skip()
-    from training.data.synthetic.visemes import frame_track, mouth_openness
+    from lipsync.training.data.synthetic.visemes import frame_track, mouth_openness
 
     text = "Many people walked along the beach, talking about boats and the open sea, and nobody was bored."
     s = espeak.synthesize(text, Voice("en-us", "", 150, 50))
@@ -95,8 +95,8 @@ def test_mouth_openness_follows_the_audio_in_time() -> None:
 
 
 def _still_face(seed: int = 4):
-    from training.data.synthetic.identity import sample_identity
-    from training.data.synthetic.renderer import Camera, Face, pose_track, sample_scene
+    from lipsync.training.data.synthetic.identity import sample_identity
+    from lipsync.training.data.synthetic.renderer import Camera, Face, pose_track, sample_scene
 
     scene = sample_scene(np.random.default_rng(seed), (256, 256), still=True)
     face = Face(sample_identity(seed, 1), scene)
@@ -106,7 +106,7 @@ def _still_face(seed: int = 4):
 
 
 def test_mouth_region_changes_with_visemes_and_the_upper_face_does_not() -> None:
-    from training.data.synthetic.visemes import VISEMES
+    from lipsync.training.data.synthetic.visemes import VISEMES
 
     face, camera, pose = _still_face()
     frames = {
@@ -139,10 +139,10 @@ def test_mouth_region_changes_with_visemes_and_the_upper_face_does_not() -> None
 def test_rendered_mouth_opens_with_the_speech() -> None:
     """Dark open-mouth pixels in the rendered frames follow the viseme track and the audio energy."""
     _espeak_or_skip()
-    from training.data.synthetic.clip import ClipRenderer, prepare_speech
-    from training.data.synthetic.identity import sample_identity
-    from training.data.synthetic.renderer import sample_scene
-    from training.data.synthetic.visemes import mouth_openness
+    from lipsync.training.data.synthetic.clip import ClipRenderer, prepare_speech
+    from lipsync.training.data.synthetic.identity import sample_identity
+    from lipsync.training.data.synthetic.renderer import sample_scene
+    from lipsync.training.data.synthetic.visemes import mouth_openness
 
     rng = np.random.default_rng(2)
     speech = prepare_speech(espeak.synthesize("Wow, a big apple pie!", Voice("en-us", "f2", 150)), rng, noise=False)
@@ -160,7 +160,7 @@ def test_rendered_mouth_opens_with_the_speech() -> None:
 
 
 def test_splits_keep_identities_and_voices_apart() -> None:
-    from training.data.synthetic.corpus import CorpusConfig, plan_corpus
+    from lipsync.training.data.synthetic.corpus import CorpusConfig, plan_corpus
 
     variants = [""] + [f"v{i}" for i in range(40)]
     specs, pools = plan_corpus(
@@ -192,7 +192,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def test_corpus_layout_and_determinism(tmp_path: Path) -> None:
     _espeak_or_skip()
-    from training.data.synthetic.corpus import CorpusConfig, generate_corpus
+    from lipsync.training.data.synthetic.corpus import CorpusConfig, generate_corpus
 
     def make(root: Path, workers: int = 1) -> dict:
         cfg = CorpusConfig(
@@ -209,7 +209,7 @@ def test_corpus_layout_and_determinism(tmp_path: Path) -> None:
         return generate_corpus(cfg, progress=False)
 
     summary = make(tmp_path / "a")
-    assert summary["clips"] == 3 and summary["boxes"] == ["client.face_tracking"]
+    assert summary["clips"] == 3 and summary["boxes"] == ["lipsync.client.face_tracking"]
     assert summary["detected_fraction"] > 0.8
     root = tmp_path / "a"
     lists = {s: (root / "filelists" / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
@@ -234,7 +234,7 @@ def test_corpus_layout_and_determinism(tmp_path: Path) -> None:
 
 def test_render_talking_clip_full_frames() -> None:
     _espeak_or_skip()
-    from training.data.synthetic import render_talking_clip
+    from lipsync.training.data.synthetic import render_talking_clip
 
     frames, audio, boxes = render_talking_clip(3, "Hi, Bob.", size=(320, 240))
     assert len(frames) == len(boxes) and len(frames) >= 10
@@ -247,11 +247,11 @@ def test_render_talking_clip_full_frames() -> None:
 
 
 def test_blazeface_finds_rendered_faces_where_the_renderer_says() -> None:
-    from client.face_tracking import FaceBox, MediaPipeFaceDetector
-    from training.data.synthetic.detector import to_detector_convention
-    from training.data.synthetic.identity import sample_identity
-    from training.data.synthetic.renderer import Camera, Face, pose_track, sample_scene
-    from training.data.synthetic.visemes import VISEMES
+    from lipsync.client.face_tracking import FaceBox, MediaPipeFaceDetector
+    from lipsync.training.data.synthetic.detector import to_detector_convention
+    from lipsync.training.data.synthetic.identity import sample_identity
+    from lipsync.training.data.synthetic.renderer import Camera, Face, pose_track, sample_scene
+    from lipsync.training.data.synthetic.visemes import VISEMES
 
     found, ious = 0, []
     names = list(VISEMES)

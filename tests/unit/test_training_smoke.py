@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from training import cli
-from training.config import ConfigError, EvaluateConfig, ExpertTrainConfig, GeneratorTrainConfig, preset
-from training.data.lrs2 import (
+from lipsync.client.networks.checkpoints import load_checkpoint
+from lipsync.training import cli
+from lipsync.training.config import ConfigError, EvaluateConfig, ExpertTrainConfig, GeneratorTrainConfig, preset
+from lipsync.training.data.lrs2 import (
     ExpertDataset,
     GeneratorDataset,
     compute_mel,
     mel_start,
     scan_clip,
 )
-from training.networks.checkpoints import load_checkpoint
-from training.runtime import StepSampler, read_metrics
+from lipsync.training.runtime import StepSampler, read_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -350,7 +350,7 @@ def test_train_resume_and_evaluate_end_to_end(corpus: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_synthetic_corpus_feeds_both_datasets(tmp_path: Path) -> None:
-    pytest.importorskip("training.data.synthetic.cli")
+    pytest.importorskip("lipsync.training.data.synthetic.cli")
     root = tmp_path / "synthetic"
     args = ["corpus", "--out", str(root), "--clips", "3", "--min-seconds", "1.5", "--max-seconds", "2"]
     code = cli.main([*args, "--workers", "1", "--no-progress"])
@@ -375,8 +375,8 @@ def test_synthetic_corpus_feeds_both_datasets(tmp_path: Path) -> None:
 
 
 def test_evaluate_scores_with_syncnet_v2_weights_when_given(corpus: Path, tmp_path: Path) -> None:
-    from training.evaluate import evaluate
-    from training.networks.syncnet_v2 import SyncNetV2
+    from lipsync.client.networks.syncnet_v2 import SyncNetV2
+    from lipsync.training.evaluate import evaluate
 
     torch.manual_seed(0)
     weights = tmp_path / "syncnet_v2.model"
@@ -409,14 +409,27 @@ def test_torchrun_ddp_trains_the_expert_and_the_generator_on_two_cpu_processes(c
     common = ["--preset", "tiny", "--data-root", str(corpus), "--device", "cpu", "--steps", "2"]
 
     def run(args: list[str]) -> None:
-        done = subprocess.run([*launch, "-m", "training.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*launch, "-m", "lipsync.training.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
 
     expert_dir, gen_dir = tmp_path / "expert", tmp_path / "generator"
     run(["expert", *common, "--out-dir", str(expert_dir)])
     expert_ckpt = expert_dir / "checkpoint_step000000002.pt"
     assert json.loads((expert_dir / "config.json").read_text())["world_size"] == 2
-    run(["generator", *common, "--out-dir", str(gen_dir), "--expert-checkpoint", str(expert_ckpt), "--sync-threshold", "100"])
+    run(
+        [
+            "generator",
+            *common,
+            "--out-dir",
+            str(gen_dir),
+            "--expert-checkpoint",
+            str(expert_ckpt),
+            "--sync-threshold",
+            "100",
+        ]
+    )
     ckpt = load_checkpoint(gen_dir / "checkpoint_step000000002.pt")
     assert ckpt["step"] == 2 and ckpt["extra"]["disc"] is not None
     # rank 0 alone writes: one metrics row per step and name, not two

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from client import contract
-from client.backends.base import BackendError, BackendUnavailable
-from client.backends.triton import TritonBackend
-from client.triton_server import ServerConfig
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, BackendUnavailable
+from lipsync.client.backends.triton import TritonBackend
+from lipsync.client.triton_server import ServerConfig
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from client.contract import FACE_SIZE, MASK_START_ROW, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES
+from lipsync.client.contract import FACE_SIZE, MASK_START_ROW, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def read_frame(path: Path) -> np.ndarray | None:
 
 def compute_mel(audio_path: Path) -> np.ndarray:
     """(80, T) float32 mel spectrogram of a clip's audio, the generator's own audio front end."""
-    from client.audio import load_audio, melspectrogram
+    from lipsync.client.audio import load_audio, melspectrogram
 
     return np.ascontiguousarray(melspectrogram(load_audio(audio_path)), dtype=np.float32)
 

@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from client.contract import SAMPLE_RATE
+from lipsync.client.contract import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,9 @@ def preprocess_video(
     without a face leaves a gap in the numbering, which the datasets skip. audio.wav is written
     last, so a clip that has it is done and skipped on a rerun.
     """
-    from client.audio import load_audio
-    from client.face_crop import crop_face, pad_box
-    from client.face_tracking import FaceTracker, TrackerConfig
+    from lipsync.client.audio import load_audio
+    from lipsync.client.face_crop import crop_face, pad_box
+    from lipsync.client.face_tracking import FaceTracker, TrackerConfig
 
     name = f"{out_dir.parent.name}/{out_dir.name}"
     if (out_dir / "audio.wav").is_file():

@@ -6,29 +6,21 @@ batches Triton's dynamic batcher forms are the batches the network sees.
 """
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-
-def _project_root() -> Path:
-    # The stub runs Python in isolated mode (PYTHONPATH is ignored), so find the project's code
-    # ourselves: lipsync-server says where it is; otherwise this file sits inside the project.
-    if os.environ.get("LIPSYNC_REPO_ROOT"):
-        return Path(os.environ["LIPSYNC_REPO_ROOT"])
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "client" / "contract.py").is_file():
-            return parent
-    raise RuntimeError(f"cannot find the lipsync project above {__file__}; set LIPSYNC_REPO_ROOT")
-
-
-if str(_project_root()) not in sys.path:
-    sys.path.insert(0, str(_project_root()))
-
-from client import contract  # noqa: E402
+# The stub runs Python in isolated mode (PYTHONPATH is ignored): the project must be installed in the
+# environment whose `python3` is first on PATH (lipsync-server arranges that) or named by EXECUTION_ENV_PATH.
+try:
+    from lipsync.client import contract
+    from lipsync.client import model_repository as layout
+except ImportError as exc:  # pragma: no cover - only inside a misconfigured Triton stub
+    raise ImportError(
+        f"the lipsync package is not importable by the Triton Python stub ({exc}); install the project "
+        "(`make setup`) into the environment the stub runs in and start tritonserver with `lipsync-server`"
+    ) from exc
 
 
 def _error(message, code=None):
@@ -50,10 +42,10 @@ class TritonPythonModel:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"parameter device must be auto, cpu or cuda, got {device!r}")
         if device != "cpu" and _cuda_available():
-            checkpoint = version_dir / params.get("checkpoint", "model.pt")
+            checkpoint = version_dir / params.get("checkpoint", layout.CHECKPOINT_FILE)
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"GPU path needs the checkpoint {checkpoint}; create it with lipsync-export")
-            from training.pytorch_backend import PyTorchBackend
+            from lipsync.client.backends.pytorch import PyTorchBackend
 
             self.description = f"PyTorch FP16 with CUDA graphs on cuda:{device_id} from {checkpoint}"
             return PyTorchBackend(
@@ -61,9 +53,9 @@ class TritonPythonModel:
             )
         if device == "cuda":
             raise RuntimeError("parameter device is 'cuda' but no CUDA device (or no PyTorch) is available")
-        from client.backends.onnxruntime import OnnxRuntimeBackend
+        from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
 
-        onnx_file = version_dir / params.get("onnx_file", "model.onnx")
+        onnx_file = version_dir / params.get("onnx_file", layout.ONNX_FILE)
         threads = int(params.get("intra_op_threads", "0")) or None
         self.description = f"ONNX Runtime on the CPU from {onnx_file}"
         return OnnxRuntimeBackend(onnx_file, threads=threads, max_batch=self.max_batch)

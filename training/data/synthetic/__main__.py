@@ -1,4 +1,4 @@
-"""`python -m training.data.synthetic ...`: the same as `lipsync-train corpus ...`."""
+"""`python -m lipsync.training.data.synthetic ...`: the same as `lipsync-train corpus ...`."""
 
 import sys
 

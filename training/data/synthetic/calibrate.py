@@ -1,6 +1,6 @@
 """How well BlazeFace finds the rendered faces, and where its box sits relative to the renderer's.
 
-    python -m training.data.synthetic.calibrate --frames 600
+    python -m lipsync.training.data.synthetic.calibrate --frames 600
 
 Renders random frames (new identity, scene, pose and mouth shape each), runs the project's
 detector (client.face_tracking.MediaPipeFaceDetector: full range to find, short range to place) and
@@ -22,7 +22,7 @@ from .visemes import VISEMES
 
 
 def measure(frames: int = 600, seed: int = 0, frame_size: int = 256) -> dict:
-    from client.face_tracking import SHORT_RANGE, MediaPipeFaceDetector
+    from lipsync.client.face_tracking import SHORT_RANGE, MediaPipeFaceDetector
 
     names = list(VISEMES)
     offsets, ious = [], []

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   lipsync-train corpus --out data/corpus --clips 3000 --seed 0
-  python -m training.data.synthetic --out /tmp/corpus_sample --clips 20 --workers 2
+  python -m lipsync.training.data.synthetic --out /tmp/corpus_sample --clips 20 --workers 2
 """
 
 
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
-        prog="python -m training.data.synthetic",
+        prog="python -m lipsync.training.data.synthetic",
         description=__doc__,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from client import contract
+from lipsync.client import contract
 
 from .text import LANGUAGES
 

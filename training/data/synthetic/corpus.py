@@ -253,7 +253,7 @@ def generate_corpus(cfg: CorpusConfig, progress: bool = True) -> dict:
     manifest = {
         "format": "lrs2-preprocessed",
         "format_version": FORMAT_VERSION,
-        "generator": "training.data.synthetic",
+        "generator": "lipsync.training.data.synthetic",
         "config": asdict(cfg),
         "sample_rate": SAMPLE_RATE,
         "espeak_native_rate": Espeak.instance().native_rate,

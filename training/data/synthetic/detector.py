@@ -12,9 +12,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from client import contract
-from client.face_crop import DEFAULT_PADS, crop_face, pad_box
-from client.face_tracking import FaceBox, FaceTracker, TrackerConfig
+from lipsync.client import contract
+from lipsync.client.face_crop import DEFAULT_PADS, crop_face, pad_box
+from lipsync.client.face_tracking import FaceBox, FaceTracker, TrackerConfig
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
 
@@ -24,7 +24,7 @@ TRACKER_SMOOTHING = 0.8
 
 # Where BlazeFace's box sits relative to the renderer's landmark box (brow - 0.28 head widths ..
 # chin, cheek to cheek), as fractions of that box's width and height (x1, y1, x2, y2): the mean
-# over 300 rendered frames, measured with `python -m training.data.synthetic.calibrate`.
+# over 300 rendered frames, measured with `python -m lipsync.training.data.synthetic.calibrate`.
 CALIBRATION = (-0.04, 0.0, 0.06, 0.047)
 
 
@@ -41,7 +41,7 @@ class ClipBoxes:
     def __init__(self, mode: str = "detector", fps: float = 25.0) -> None:
         if mode not in ("detector", "render"):
             raise ValueError(f"box mode must be 'detector' or 'render', got {mode!r}")
-        self.source = "client.face_tracking" if mode == "detector" else "render"
+        self.source = "lipsync.client.face_tracking" if mode == "detector" else "render"
         self.tracker = None
         if mode == "detector":
             self.tracker = FaceTracker(

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from client.contract import FACE_SIZE, MASK_START_ROW
-from training.networks.blocks import NoNormConv2d, check_width, scaled_channels
-from training.networks.checkpoints import WidthProbe, model_from_checkpoint
+from lipsync.client.contract import FACE_SIZE, MASK_START_ROW
+from lipsync.client.networks.blocks import NoNormConv2d, check_width, scaled_channels
+from lipsync.client.networks.checkpoints import WidthProbe, model_from_checkpoint
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client import contract
-from client.backends.base import BackendError, LipSyncBackend
-from training.networks.wav2lip import Wav2Lip
+from lipsync.client import contract
+from lipsync.client.backends.base import BackendError, LipSyncBackend
+from lipsync.client.networks.wav2lip import Wav2Lip
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.networks.checkpoints import load_state_dict, strict_load
+from lipsync.client.networks.checkpoints import load_state_dict, strict_load
 
 EMBEDDING_DIM = 1024
 

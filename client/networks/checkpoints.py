@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from training.networks.blocks import scaled_channels
+from lipsync.client.networks.blocks import scaled_channels
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.networks.blocks import Conv2d, check_width, scaled_channels
-from training.networks.checkpoints import WidthProbe, model_from_checkpoint
+from lipsync.client.networks.blocks import Conv2d, check_width, scaled_channels
+from lipsync.client.networks.checkpoints import WidthProbe, model_from_checkpoint
 
 SYNC_FRAMES = 5  # consecutive video frames per expert window (syncnet_T)
 _EPS = 1e-7

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.networks.blocks import Conv2d, Conv2dTranspose, check_width, scaled_channels
-from training.networks.checkpoints import WidthProbe, model_from_checkpoint
+from lipsync.client.networks.blocks import Conv2d, Conv2dTranspose, check_width, scaled_channels
+from lipsync.client.networks.checkpoints import WidthProbe, model_from_checkpoint
 
 
 @dataclass(frozen=True)
