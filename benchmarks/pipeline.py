@@ -4,7 +4,7 @@
 ONNX Runtime) on a random-weight generator, the gateway (`lipsync-gateway`, its own process) and
 N aiortc peers in this process, each sending a talking face (320x240, 25 fps) and speech as its
 microphone. For N = 1, 2, ... it measures, over a fixed window:
-- mouth generation (DESIGN.md "Latency" 1): track + Triton round trip + blend, per generated frame;
+- mouth generation (docs/latency.md, section 1): track + Triton round trip + blend, per generated frame;
 - the per-stage breakdown (track, audio_wait = the look-ahead wait, infer, blend);
 - the added delay at the gateway (frame in -> frame out) and the round trip seen by the peer;
 - output frames per second at each peer and what became of the frames.

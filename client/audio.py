@@ -1,5 +1,5 @@
 """Audio front end of the original Wav2Lip: loading, resampling to 16 kHz mono, the 80-bin mel
-spectrogram and the per-video-frame 80x16 mel windows (reference/wav2lip-facts.md, section 4).
+spectrogram and the per-video-frame 80x16 mel windows (docs/network-facts.md, section 4).
 
 Runtime dependencies are numpy, scipy and PyAV only; the mel filterbank is written out here
 (librosa is used by the tests as the independent reference, never at run time).

@@ -1,7 +1,7 @@
 """Paste the generated mouth back into the frame with a feathered mask: no visible square.
 
 The original overwrote the whole padded face box with the upscaled 96x96 output (the most
-reported flaw, reference/wav2lip-facts.md 6.8 and 9.1). Here only the lower face changes: a
+reported flaw, docs/network-facts.md 6.8 and 9.1). Here only the lower face changes: a
 rounded rectangle from just below the nose to the bottom of the region, inset from the sides,
 whose edge fades out over `feather` of the region height. Every pixel outside that support keeps
 its exact input value.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Audio and video conventions of the original network (reference/wav2lip-facts.md, sections 1.6 and 4).
+# Audio and video conventions of the original network (docs/network-facts.md, sections 1.6 and 4).
 SAMPLE_RATE = 16_000
 MEL_BINS = 80
 MEL_WINDOW_FRAMES = 16  # 16 mel frames = 200 ms of audio per video frame

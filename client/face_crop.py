@@ -1,6 +1,6 @@
 """From a face box to the generator's input: padded crop region, 96x96 crop, lower-half mask.
 
-Follows the original inference (reference/wav2lip-facts.md 6.6-6.7): pads in frame pixels,
+Follows the original inference (docs/network-facts.md 6.6-6.7): pads in frame pixels,
 crop resized to 96x96, rows 48..95 of the target zeroed, [masked target, reference] / 255 in BGR.
 """
 

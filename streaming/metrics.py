@@ -16,7 +16,7 @@ from prometheus_client import Counter as PromCounter
 
 # Latency buckets from 1 ms to 2 s: mouth generation is tens of ms, the added delay hundreds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0)
-# Stages timed per frame; "mouth" is their sum for a generated frame (DESIGN.md "Latency" 1).
+# Stages timed per frame; "mouth" is their sum for a generated frame (docs/latency.md, section 1).
 STAGES = ("track", "audio_wait", "infer", "blend", "mouth", "added_delay")
 _RECENT = 3000  # samples per stage kept per session (two minutes at 25 fps)
 

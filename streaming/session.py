@@ -1,4 +1,4 @@
-"""One session's pipeline (DESIGN.md "Data flow"): video -> face tracking -> mouth generation -> A/V sync.
+"""One session's pipeline (docs/architecture.md): video -> face tracking -> mouth generation -> A/V sync.
 
 Speech reaches the session's `SpeechTimeline` from the microphone track or from pushed PCM; the
 mouth stage waits for the audio a frame's mel window reaches into, asks the VAD whether the

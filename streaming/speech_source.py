@@ -91,7 +91,7 @@ class SpeechTimeline:
         return await self._wait(lambda: self.position >= position, deadline)
 
     async def mel_window(self, pts: int, deadline: float) -> np.ndarray | None:
-        """The (80, 16) mel window of a video frame captured at clock pts (DESIGN.md "Latency" 2),
+        """The (80, 16) mel window of a video frame captured at clock pts (docs/latency.md, section 2),
         waiting for the audio it reaches into; None if that audio is not there by the deadline."""
         start = pts // SAMPLES_PER_COLUMN
         if start < self._mel.oldest_column:

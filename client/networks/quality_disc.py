@@ -1,7 +1,7 @@
 """The visual-quality discriminator (Wav2Lip_disc_qual): is the lower half of a face real or generated?
 
 Keys equal the released `visual_quality_disc.pth` at width 1.0
-(reference/wav2lip_disc_qual_state_dict_keys.tsv). Convolutions without BatchNorm, LeakyReLU(0.01).
+(tests/data/reference/wav2lip_disc_qual_state_dict_keys.tsv). Convolutions without BatchNorm, LeakyReLU(0.01).
 """
 
 from __future__ import annotations

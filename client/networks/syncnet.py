@@ -1,6 +1,6 @@
 """The lip-sync expert (SyncNet_color): embeds 5 lower-half face crops and the matching mel window.
 
-Keys equal the released `lipsync_expert.pth` at width 1.0 (reference/syncnet_color_state_dict_keys.tsv).
+Keys equal the released `lipsync_expert.pth` at width 1.0 (tests/data/reference/syncnet_color_state_dict_keys.tsv).
 The cosine similarity of the two ReLU embeddings lies in [0, 1] and is read as a sync probability.
 """
 

@@ -1,6 +1,6 @@
 """syncnet_python's `S` (syncnet_v2.model), the network behind the LSE-D / LSE-C lip-sync metrics.
 
-Keys equal reference/syncnet_v2_S_state_dict_keys.tsv. It embeds 5 BGR frames of 224x224 (raw 0-255)
+Keys equal tests/data/reference/syncnet_v2_S_state_dict_keys.tsv. It embeds 5 BGR frames of 224x224 (raw 0-255)
 and 13 MFCC x 20 steps (0.2 s) into unnormalised 1024-d vectors compared by Euclidean distance.
 """
 

@@ -1,6 +1,6 @@
 """The Wav2Lip generator: a masked face + reference face and a 200 ms mel window in, a 96x96 face out.
 
-Module names and shapes equal the released model at width 1.0 (reference/wav2lip_state_dict_keys.tsv),
+Module names and shapes equal the released model at width 1.0 (tests/data/reference/wav2lip_state_dict_keys.tsv),
 so `wav2lip.pth`, `wav2lip_gan.pth` and the TorchScript `.pt` files load strictly. A width
 multiplier scales every inner channel count for CPU-sized variants with the same topology.
 """
