@@ -3,6 +3,7 @@ module of the project's folders is in the wheel."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_FOLDERS = ("client", "streaming", "training", "export", "benchmarks")
+# Top-level folders that are not source (a training/data package must still be copied).
+TOP_LEVEL_NOT_SOURCE = {".git", ".venv", "build", "results", "runs", "data", "artifacts", ".pytest_cache", ".ruff_cache"}
+
+
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    skipped = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
+    if Path(folder) == ROOT:
+        skipped |= TOP_LEVEL_NOT_SOURCE & set(names)
+    return skipped
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
@@ -20,9 +30,13 @@ pytestmark = [pytest.mark.unit, pytest.mark.slow]
 def wheel_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     out = tmp_path_factory.mktemp("wheel")
     build = tmp_path_factory.mktemp("build")
+    # Build from a clean copy: setuptools reuses an in-tree build/ folder, whose stale files once hid
+    # a package-data pattern that matched nothing on a fresh clone.
+    source = build / "source"
+    shutil.copytree(ROOT, source, ignore=_not_source)
     # No build isolation: setuptools is already in the environment, and nothing is fetched.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
         env={"PATH": "/usr/bin:/bin", "HOME": str(build), "TMPDIR": str(build)},
