@@ -14,7 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_FOLDERS = ("client", "streaming", "training", "export", "benchmarks")
 # Top-level folders that are not source (a training/data package must still be copied).
-TOP_LEVEL_NOT_SOURCE = {".git", ".venv", "build", "results", "runs", "data", "artifacts", ".pytest_cache", ".ruff_cache"}
+TOP_LEVEL_NOT_SOURCE = {
+    ".git",
+    ".venv",
+    "build",
+    "results",
+    "runs",
+    "data",
+    "artifacts",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
 
 def _not_source(folder: str, names: list[str]) -> set[str]:
@@ -22,6 +32,7 @@ def _not_source(folder: str, names: list[str]) -> set[str]:
     if Path(folder) == ROOT:
         skipped |= TOP_LEVEL_NOT_SOURCE & set(names)
     return skipped
+
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]
 
