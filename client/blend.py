@@ -1,10 +1,13 @@
 """Paste the generated mouth back into the frame with a feathered mask: no visible square.
 
 The original overwrote the whole padded face box with the upscaled 96x96 output (the most
-reported flaw, docs/network-facts.md 6.8 and 9.1). Here only the lower face changes: a
-rounded rectangle from just below the nose to the bottom of the region, inset from the sides,
-whose edge fades out over `feather` of the region height. Every pixel outside that support keeps
-its exact input value.
+reported flaw, docs/network-facts.md 6.8 and 9.1). Two pastes, both leaving every pixel outside
+their support at its exact input value:
+- "mouth" (the default): only the lips, mouth opening and chin (client/mouth_mask.py), with
+  the generated colours matched in CIE Lab to the frame's own skin around the mouth, so the
+  cheeks, a beard's edges and the skin tone stay the person's;
+- "lower_face": a rounded rectangle from just below the nose to the bottom of the region, inset
+  from the sides, whose edge fades out over `feather` of the region height.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ import numpy as np
 
 from lipsync.client import contract
 from lipsync.client.face_crop import CropRegion
+from lipsync.client.mouth_mask import MouthShape, mouth_alpha, skin_ring
+
+BLEND_MODES = ("mouth", "lower_face")
+DEFAULT_BLEND = "mouth"
+# The colour match may brighten or flatten the generated skin's spread by at most this factor.
+MAX_SPREAD_RATIO = 2.0
 
 # The blend support as fractions of the crop region (which is the face box padded by the pads).
 # In such a crop the nose tip sits at about 50-55 % of the height, the mouth at 70-75 %, the chin
@@ -84,20 +93,77 @@ def blend_face(
     Pixels where the mask is 0 are bit-identical to the input, pixels where it is 1 equal the
     generated face (rounded); in between the two are mixed linearly.
     """
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected a (H, W, 3) uint8 frame, got shape {frame.shape} dtype {frame.dtype}")
-    if region.x2 > frame.shape[1] or region.y2 > frame.shape[0]:
-        raise ValueError(f"{region} does not fit a {frame.shape[1]}x{frame.shape[0]} frame")
+    _check_frame_and_region(frame, region)
     alpha = blend_mask(region.height, region.width, feather)
     r1, r2, c1, c2 = _mask(region.height, region.width, float(feather))[1]
     out = frame.copy()
     if r2 == r1:
         return out
     face = generated_to_region(generated, region.width, region.height)[r1:r2, c1:c2]
-    a = alpha[r1:r2, c1:c2, None]
-    view = out[region.y1 + r1 : region.y1 + r2, region.x1 + c1 : region.x1 + c2]
+    _mix_into(out[region.y1 + r1 : region.y1 + r2, region.x1 + c1 : region.x1 + c2], face, alpha[r1:r2, c1:c2])
+    return out
+
+
+def match_colour(generated: np.ndarray, original: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """generated ((h, w, 3) float BGR in [0, 255]) shifted in CIE Lab so that, over ring, its mean and
+    spread per channel equal original's (uint8 BGR of the same size). An empty ring changes nothing."""
+    if ring.sum() < 8:
+        return generated
+    gen_lab = cv2.cvtColor(np.clip(generated, 0.0, 255.0).astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    orig_lab = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    g, o = gen_lab[ring], orig_lab[ring]
+    g_mean, g_std = g.mean(axis=0), g.std(axis=0)
+    o_mean, o_std = o.mean(axis=0), o.std(axis=0)
+    ratio = np.clip(o_std / np.maximum(g_std, 1e-3), 1.0 / MAX_SPREAD_RATIO, MAX_SPREAD_RATIO)
+    matched = (gen_lab - g_mean) * ratio + o_mean
+    return cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_Lab2BGR) * np.float32(255.0)
+
+
+def _support_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not rows.size:
+        return 0, 0, 0, 0
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def blend_mouth(
+    frame: np.ndarray, generated: np.ndarray, region: CropRegion, shape: MouthShape, *, colour_match: bool = True
+) -> np.ndarray:
+    """A new frame whose mouth (the support of shape, client/mouth_mask.py) comes from the generated face.
+
+    frame: (H, W, 3) uint8 BGR, left untouched. generated: (3, 96, 96) float in [0, 1], BGR.
+    Pixels where the mouth alpha is 0 are bit-identical to the input.
+    """
+    _check_frame_and_region(frame, region)
+    alpha = mouth_alpha(shape, region.height, region.width)
+    ring = skin_ring(shape, region.height, region.width)
+    r1, r2, c1, c2 = _support_box(alpha > 0)
+    out = frame.copy()
+    if r2 == r1:
+        return out
+    if colour_match:  # the ring reaches past the support: take the box that holds both
+        q1, q2, d1, d2 = _support_box(ring | (alpha > 0))
+    else:
+        q1, q2, d1, d2 = r1, r2, c1, c2
+    view_all = frame[region.y1 + q1 : region.y1 + q2, region.x1 + d1 : region.x1 + d2]
+    face = generated_to_region(generated, region.width, region.height)[q1:q2, d1:d2]
+    if colour_match:
+        face = match_colour(face, view_all, ring[q1:q2, d1:d2])
+    face = face[r1 - q1 : r2 - q1, c1 - d1 : c2 - d1]
+    _mix_into(out[region.y1 + r1 : region.y1 + r2, region.x1 + c1 : region.x1 + c2], face, alpha[r1:r2, c1:c2])
+    return out
+
+
+def _mix_into(view: np.ndarray, face: np.ndarray, alpha: np.ndarray) -> None:
+    """view (uint8, in place) = view + alpha * (face - view), rounded."""
     original = view.astype(np.float32)
     # original + a * (face - original) is exactly original where a == 0, whatever the face holds.
-    mixed = original + a * (np.clip(face, 0.0, 255.0) - original)
+    mixed = original + alpha[..., None] * (np.clip(face, 0.0, 255.0) - original)
     view[...] = (mixed + 0.5).astype(np.uint8)
-    return out
+
+
+def _check_frame_and_region(frame: np.ndarray, region: CropRegion) -> None:
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected a (H, W, 3) uint8 frame, got shape {frame.shape} dtype {frame.dtype}")
+    if region.x2 > frame.shape[1] or region.y2 > frame.shape[0]:
+        raise ValueError(f"{region} does not fit a {frame.shape[1]}x{frame.shape[0]} frame")

@@ -28,8 +28,9 @@ from lipsync.client.backends import (
     LipSyncBackend,
     create_backend,
 )
-from lipsync.client.blend import blend_face
+from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, write_resolved_config
+from lipsync.client.compositing import Compositor
 from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from lipsync.client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
 from lipsync.client.stage_timer import StageTimer
@@ -74,6 +75,14 @@ class LipSyncConfig:
     )
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address for --backend triton"})
     detect_every: int = field(default=5, metadata={"help": "run the detector every N frames, track in between"})
+    blend: str = field(
+        default=DEFAULT_BLEND,
+        metadata={
+            "choices": BLEND_MODES,
+            "help": "mouth: only lips, mouth and chin change, colours matched to the face; "
+            "lower_face: the whole lower half is pasted (the earlier behaviour)",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -104,6 +113,7 @@ class LipSyncReport:
     frames_with_face: int = 0
     frames_without_face: int = 0
     frames_passed_through: int = 0  # the backend failed for these; written unchanged
+    frames_default_mouth: int = 0  # blend "mouth" without landmarks: the mask drawn where a mouth usually is
     audio_seconds: float = 0.0
     fps: float = 0.0
     width: int = 0
@@ -213,6 +223,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     if config.nosmooth:
         tracker_config = TrackerConfig(detect_every=tracker_config.detect_every, smoothing=0.0)
     tracker = FaceTracker(detector, tracker_config)
+    compositor = Compositor(config.blend, still=info.is_still)
     still_box = None  # a still image is detected once and the box reused, as the original did
 
     writer = Mp4Writer(config.outfile, width=width, height=height, fps=fps)
@@ -230,6 +241,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
                     new_loop, frame = next(frames)
                     if new_loop:
                         tracker.reset()
+                        compositor.reset()
                     batch_frames.append(frame)
             with timer.stage("track"):
                 for frame in batch_frames:
@@ -262,7 +274,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
                 out_frames = list(batch_frames)
                 if generated is not None:
                     for j, i in enumerate(with_face):
-                        out_frames[i] = blend_face(batch_frames[i], generated[j], regions[i])
+                        out_frames[i] = compositor.compose(batch_frames[i], generated[j], regions[i])
             with timer.stage("encode"):
                 for frame in out_frames:
                     writer.write_video(frame)
@@ -278,6 +290,8 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         with timer.stage("encode"):
             writer.close()
         backend.close()
+        compositor.close()
+        report.frames_default_mouth = compositor.stats.default_shape_frames
     report.wall_seconds = time.perf_counter() - started
     report.stage_seconds = timer.as_dict()
     report.summary = timer.summary(report.frames, report.wall_seconds)
@@ -317,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
             f"(passed through), {report.frames_passed_through} passed through after backend errors"
         )
+        if report.frames_default_mouth:
+            print(
+                f"blend: no face landmarks on {report.frames_default_mouth} frames; "
+                "the mouth mask was drawn where a mouth usually sits in the face box"
+            )
         print(report.summary)
     return 130 if report.interrupted else 0
 

@@ -140,6 +140,7 @@ def _load_model(config: ExportConfig):
         "weights": "random" if config.random_weights else "trained",
         "checkpoint": source,
         "width": str(model.config.width),
+        "head": model.config.head,
     }
     if not config.random_weights:
         metadata["training_steps"] = str(_training_steps(Path(checkpoint)))

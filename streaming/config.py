@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lipsync.client import contract
+from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
 
 BACKENDS = ("triton", "onnxruntime", "pytorch")
@@ -53,6 +54,15 @@ class GatewayConfig:
     vad_mode: int = _opt("webrtcvad aggressiveness 0..3", default=3)
     vad_hangover_ms: int = _opt("keep the mouth moving this long after speech stops", default=120)
     vad_energy_dbfs: float = _opt("frames quieter than this are silence whatever the VAD says", default=-50.0)
+    blend: str = _opt(
+        "mouth: only lips, mouth and chin change, colours matched to the face; lower_face: the whole lower half",
+        default=DEFAULT_BLEND,
+        meta={"choices": BLEND_MODES},
+    )
+    landmark_every: int = _opt(
+        "blend=mouth: measure the face mesh every N frames (about 4 ms each on 2 cores), reuse it between",
+        default=2,
+    )
     presenter_image: str | None = _opt("still face for presenter sessions", default=None)
     presenter_clip: str | None = _opt("looping face clip for presenter sessions", default=None)
     ice_loopback: bool = _opt(
@@ -72,6 +82,8 @@ class GatewayConfig:
             raise ValueError(f"lookahead_ms must be in 0..1000, got {self.lookahead_ms}")
         if not 10 <= self.compute_budget_ms <= 5000:
             raise ValueError(f"compute_budget_ms must be in 10..5000, got {self.compute_budget_ms}")
+        if self.blend not in BLEND_MODES:
+            raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
         if not 0 <= self.vad_mode <= 3:
             raise ValueError(f"vad_mode must be in 0..3, got {self.vad_mode}")
         for name in (
@@ -82,6 +94,7 @@ class GatewayConfig:
             "max_frame_width",
             "max_frame_height",
             "max_speech_message_bytes",
+            "landmark_every",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lipsync.client.blend import blend_face
+from lipsync.client.compositing import Compositor
 from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from lipsync.client.face_tracking import FaceTracker
 from lipsync.streaming.av_sync import AvSynchronizer, MediaClock
@@ -41,10 +41,13 @@ class FaceProcessor:
     Called from an executor thread, one frame at a time per session (the tracker has state).
     """
 
-    def __init__(self, tracker: FaceTracker | None = None) -> None:
+    def __init__(self, tracker: FaceTracker | None = None, compositor: Compositor | None = None) -> None:
         self.tracker = tracker if tracker is not None else FaceTracker()
+        self.compositor = compositor if compositor is not None else Compositor()
         # A cancelled task does not stop its executor job: close() must wait for a running locate().
         self._lock = threading.Lock()
+        # Blends of one session may overlap (several frames in flight); the compositor keeps per-video state.
+        self._blend_lock = threading.Lock()
 
     def locate(
         self, image: np.ndarray, timestamp_s: float | None = None
@@ -58,20 +61,28 @@ class FaceProcessor:
         return region, model_face_input(crop_face(image, region))
 
     def blend(self, image: np.ndarray, generated: np.ndarray, region: CropRegion) -> np.ndarray:
-        return blend_face(image, generated, region)
+        with self._blend_lock:
+            return self.compositor.compose(image, generated, region)
 
     def reset(self) -> None:
         with self._lock:
             self.tracker.reset()
+        with self._blend_lock:
+            self.compositor.reset()
 
     def close(self) -> None:
-        """Release the detector (MediaPipe's graph holds threads and memory)."""
+        """Release the detector and the face mesh (MediaPipe's graphs hold threads and memory)."""
         with self._lock:
             self.tracker.close()
+        with self._blend_lock:
+            self.compositor.close()
 
     def warm_up(self) -> None:
-        """Load the detector's graph (about a second for MediaPipe) before the first frame needs it."""
-        self.locate(np.full((240, 320, 3), 127, np.uint8))
+        """Load the detector's and the face mesh's graphs (about a second each) before the first frame needs them."""
+        grey = np.full((240, 320, 3), 127, np.uint8)
+        self.locate(grey)
+        with self._blend_lock:
+            self.compositor.mouth_shape(grey, CropRegion(80, 40, 240, 200))
         self.reset()
 
 
@@ -239,7 +250,13 @@ class Session:
         observer.set_delay(self.id, delay_ms)
         vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
         self.timeline = SpeechTimeline(vad)
-        self.faces = faces or FaceProcessor()
+        self.faces = faces or FaceProcessor(
+            compositor=Compositor(
+                config.blend,
+                still=options.mode == "presenter" and config.presenter_image is not None,
+                landmark_every=config.landmark_every,
+            )
+        )
         self.sync = AvSynchronizer(
             self.clock, self.timeline, delay=self.delay, fps=config.fps, observer=observer, session_id=self.id
         )

@@ -124,6 +124,23 @@ class GeneratorTrainConfig(RunConfig):
         default="", metadata={"help": "trained expert: our checkpoint or a released lipsync_expert.pth (required)"}
     )
     width: float = field(default=1.0, metadata={"help": "channel width multiplier of the generator (1.0 = paper)"})
+    head: str = field(
+        default="image",
+        metadata={
+            "choices": ("image", "composite"),
+            "help": "image: the paper's output; composite: content + mask over the reference (keeps the face)",
+        },
+    )
+    init_from: str = field(
+        default="",
+        metadata={
+            "help": "start a new run from this generator checkpoint's weights (a new head's extra channel is added)"
+        },
+    )
+    mask_wt: float = field(
+        default=0.0,
+        metadata={"help": "composite head: weight of the mean mask (prefers the reference where it suffices)"},
+    )
     disc_width: float = field(default=1.0, metadata={"help": "channel width multiplier of the quality discriminator"})
     batch_size: int = field(default=16, metadata={"help": "5-frame windows per step and per process"})
     lr: float = field(default=1e-4, metadata={"help": "generator Adam learning rate"})
@@ -152,7 +169,11 @@ class GeneratorTrainConfig(RunConfig):
         _check_width(self, "disc_width")
         _positive(self, "batch_size", "lr", "disc_lr", "steps", "eval_interval", "eval_batches")
         _positive(self, "checkpoint_interval", "sample_interval", "sync_threshold")
-        _non_negative(self, "syncnet_wt", "disc_wt")
+        _non_negative(self, "syncnet_wt", "disc_wt", "mask_wt")
+        if self.head not in ("image", "composite"):
+            raise ConfigError(f"GeneratorTrainConfig.head must be 'image' or 'composite', got {self.head!r}")
+        if self.mask_wt > 0 and self.head != "composite":
+            raise ConfigError("GeneratorTrainConfig.mask_wt needs head='composite'")
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"GeneratorTrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -312,6 +333,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = kind
             if is_tuple:
                 kwargs["nargs"] = "*"
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
         group.add_argument(*flags, **kwargs)
 
 

@@ -48,6 +48,45 @@ def generate_window(generator: nn.Module, indiv_mels: Tensor, x: Tensor) -> Tens
     return unfold_time(generator(mels, fold_time(x)), batch)
 
 
+def generate_window_with_mask(generator: Wav2Lip, indiv_mels: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The composite head's (B,3,5,96,96) output and its (B,1,5,96,96) mask, from one generator call."""
+    batch = x.shape[0]
+    mels = torch.cat([indiv_mels[:, t] for t in range(indiv_mels.shape[1])], dim=0)
+    faces = fold_time(x)
+    content, mask = generator.composite_parts(mels, faces)
+    reference = faces[:, 3:]
+    return unfold_time(reference + mask * (content - reference), batch), unfold_time(mask, batch)
+
+
+# A new composite head starts as the image head it grew from: mask near 1 (sigmoid(3) = 0.95).
+NEW_MASK_BIAS = 3.0
+
+
+def initialise_from(model: Wav2Lip, path: str | Path) -> list[str]:
+    """Copy a generator checkpoint's weights into model; an image head grows the composite head's mask channel.
+
+    Returns the names of tensors that were adapted rather than copied. Any other mismatch is an error.
+    """
+    source = Wav2Lip.from_checkpoint(path).state_dict()
+    target = model.state_dict()
+    adapted = []
+    for name, tensor in target.items():
+        if name not in source:
+            raise CheckpointError(f"--init-from {path} has no tensor {name}")
+        have = source[name]
+        if have.shape == tensor.shape:
+            tensor.copy_(have)
+        elif name.startswith("output_block.1.") and have.shape[0] == 3 and tensor.shape[0] == 4:
+            tensor[:3].copy_(have)
+            tensor[3:].fill_(NEW_MASK_BIAS if name.endswith("bias") else 0.0)
+            adapted.append(name)
+        else:
+            raise CheckpointError(
+                f"--init-from {path}: {name} has shape {tuple(have.shape)}, this network needs {tuple(tensor.shape)}"
+            )
+    return adapted
+
+
 def sample_grid(x: Tensor, generated: Tensor, gt: Tensor, max_items: int = 2) -> np.ndarray:
     """BGR uint8 image: one row per frame, columns reference | masked input | generated | ground truth."""
     rows = []
@@ -75,9 +114,15 @@ class GeneratorTrainer(TrainLoop):
         if not config.expert_checkpoint:
             raise ValueError("GeneratorTrainConfig.expert_checkpoint is required: train the expert first")
         super().__init__(config, ctx)
+        if ctx.distributed and config.mask_wt > 0:
+            raise ValueError("mask_wt > 0 reads the composite head's mask outside DDP's forward: train on one process")
         seed_everything(config.seed)
         device = ctx.device
-        self.model = Wav2Lip(Wav2LipConfig(width=config.width)).to(device)
+        self.model = Wav2Lip(Wav2LipConfig(width=config.width, head=config.head))
+        if config.init_from and resume is None:
+            adapted = initialise_from(self.model, config.init_from)
+            logger.info("initialised from %s (adapted: %s)", config.init_from, ", ".join(adapted) or "none")
+        self.model = self.model.to(device)
         self.expert = SyncNet.from_checkpoint(config.expert_checkpoint, map_location=device)
         self.expert.eval().requires_grad_(False)  # frozen: eval-mode BN, no gradients into it
         betas = (config.adam_beta1, config.adam_beta2)
@@ -114,7 +159,13 @@ class GeneratorTrainer(TrainLoop):
         x, indiv_mels, mel, gt = (t.to(self.ctx.device, non_blocking=True) for t in batch)
         cfg = self.config
         self.g_train.train()
-        generated = generate_window(self.g_train, indiv_mels, x)
+        mask_mean: Tensor | None = None
+        if cfg.mask_wt > 0:
+            # composite_parts is not a DDP forward: only single-process runs take this path.
+            generated, mask = generate_window_with_mask(self.model, indiv_mels, x)
+            mask_mean = mask.mean()
+        else:
+            generated = generate_window(self.g_train, indiv_mels, x)
         l1 = l1_loss(generated, gt)
         sync: Tensor | float = 0.0
         if self.syncnet_wt > 0:
@@ -127,12 +178,16 @@ class GeneratorTrainer(TrainLoop):
             adv = adversarial_loss(self.disc(fold_time(generated)), real=True)
             self.disc.requires_grad_(True)
         loss = combine_generator_loss(l1, sync, adv, self.syncnet_wt, cfg.disc_wt)
+        if mask_mean is not None:
+            loss = loss + cfg.mask_wt * mask_mean
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self._generated = generated.detach()
 
         out = {"loss": loss.item(), "l1": l1.item()}
+        if mask_mean is not None:
+            out["mask"] = mask_mean.item()
         if isinstance(sync, Tensor):
             out["sync"] = sync.item()
         if self.d_train is not None and self.opt_d is not None and isinstance(adv, Tensor):

@@ -3,6 +3,15 @@
 Module names and shapes equal the released model at width 1.0 (tests/data/reference/wav2lip_state_dict_keys.tsv),
 so `wav2lip.pth`, `wav2lip_gan.pth` and the TorchScript `.pt` files load strictly. A width
 multiplier scales every inner channel count for CPU-sized variants with the same topology.
+
+Two output heads (`Wav2LipConfig.head`):
+- "image", the paper's: the last 1x1 convolution draws the whole face, 3 channels through a sigmoid.
+  Released checkpoints have it (files without a saved config load with it).
+- "composite", this project's identity-preserving head: the same convolution gives 4 channels,
+  new content and a soft mask, and the network returns reference + mask * (content - reference),
+  its own reference input composited under the new content. At inference the reference is the
+  current frame, so wherever the mask is 0 the real skin, stubble and lip colour come through
+  untouched. Inputs and output are the contract's either way (the export does not change).
 """
 
 from __future__ import annotations
@@ -17,15 +26,24 @@ from torch import Tensor, nn
 from lipsync.client.networks.blocks import Conv2d, Conv2dTranspose, check_width, scaled_channels
 from lipsync.client.networks.checkpoints import WidthProbe, model_from_checkpoint
 
+HEADS = ("image", "composite")
+
 
 @dataclass(frozen=True)
 class Wav2LipConfig:
     """Architecture of the generator; `width` scales every inner channel count (1.0 = released model)."""
 
     width: float = 1.0
+    head: str = "image"
 
     def __post_init__(self) -> None:
         check_width(self.width, smallest=16, owner=type(self).__name__)
+        if self.head not in HEADS:
+            raise ValueError(f"{type(self).__name__}.head must be one of {list(HEADS)}, got {self.head!r}")
+
+    @property
+    def output_channels(self) -> int:
+        return 4 if self.head == "composite" else 3
 
     def ch(self, channels: int) -> int:
         return scaled_channels(channels, self.width)
@@ -104,12 +122,29 @@ class Wav2Lip(nn.Module):
 
         self.output_block = nn.Sequential(
             Conv2d(c(64) + c(16), c(32), 3, 1, 1),
-            nn.Conv2d(c(32), 3, kernel_size=1, stride=1, padding=0),
+            nn.Conv2d(c(32), config.output_channels, kernel_size=1, stride=1, padding=0),
             nn.Sigmoid(),
         )
 
     def forward(self, mel: Tensor, face: Tensor) -> Tensor:
         """(B,1,80,16) mel window + (B,6,96,96) [masked target, reference] -> (B,3,96,96) BGR face in [0,1]."""
+        out = self.decode(mel, face)
+        if self.config.head == "image":
+            return out
+        content, mask = out[:, :3], out[:, 3:]
+        reference = face[:, 3:]
+        # Exactly the reference where the mask is 0, exactly the content where it is 1.
+        return reference + mask * (content - reference)
+
+    def composite_parts(self, mel: Tensor, face: Tensor) -> tuple[Tensor, Tensor]:
+        """The composite head's (B,3,96,96) content and (B,1,96,96) mask, for training losses and pictures."""
+        if self.config.head != "composite":
+            raise ValueError(f"composite_parts needs head='composite', this network has head={self.config.head!r}")
+        out = self.decode(mel, face)
+        return out[:, :3], out[:, 3:]
+
+    def decode(self, mel: Tensor, face: Tensor) -> Tensor:
+        """The output block's sigmoid channels: the face (image head) or content + mask (composite head)."""
         if mel.dim() != 4 or face.dim() != 4:
             raise ValueError(
                 f"Wav2Lip takes 4-D inputs (B,1,80,16) and (B,6,96,96), got {tuple(mel.shape)} and "

@@ -190,3 +190,24 @@ def test_tensorrt_stage_stops_with_a_clear_message_without_tensorrt(tmp_path: Pa
     err = capsys.readouterr().err
     assert "TensorRT stage cannot run here" in err
     assert not (tmp_path / contract.ONNX_MODEL).exists(), "it stops before doing any work"
+
+
+def test_composite_head_exports_with_the_contract_io_and_equals_pytorch(tmp_path: Path) -> None:
+    from lipsync.client.networks.checkpoints import save_checkpoint
+
+    torch.manual_seed(1)
+    composite = Wav2Lip(Wav2LipConfig(width=WIDTH, head="composite")).eval()
+    checkpoint = tmp_path / "composite.pt"
+    save_checkpoint(checkpoint, model=composite, config=composite.config, step=0)
+    repo = tmp_path / "repository"
+    assert main(["--checkpoint", str(checkpoint), "--output-dir", str(repo), "--verify-samples", "1"]) == 0
+    onnx_path = repo / contract.ONNX_MODEL / "1" / "model.onnx"
+    graph = onnx.load(str(onnx_path)).graph
+    assert [i.name for i in graph.input] == [s.name for s in contract.INPUTS]
+    assert [o.name for o in graph.output] == [s.name for s in contract.OUTPUTS]
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert meta.get("head") == "composite"
+    mel, faces = verify.random_inputs(2, seed=5)
+    got = OnnxRuntimeBackend(onnx_path).infer(mel, faces)
+    result = verify.compare("fp32", "random", torch_run(composite, mel, faces), got, verify.FP32_TOLERANCE)
+    assert result.ok, result.describe()

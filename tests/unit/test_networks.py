@@ -269,3 +269,44 @@ def test_lse_scorer_embeds_exactly_as_the_expert_forward():
     with torch.no_grad():
         _, expected = expert(torch.zeros(n, 1, 80, 16), windows)
     torch.testing.assert_close(scorer.video_features(frames, n), expected, rtol=1e-4, atol=1e-5)
+
+
+def _composite_with_mask_bias(bias: float) -> Wav2Lip:
+    torch.manual_seed(0)
+    model = Wav2Lip(Wav2LipConfig(width=0.25, head="composite")).eval()
+    with torch.no_grad():
+        model.output_block[1].weight[3].zero_()
+        model.output_block[1].bias[3].fill_(bias)
+    return model
+
+
+def test_composite_head_returns_its_reference_where_the_mask_is_zero():
+    model = _composite_with_mask_bias(-40.0)  # sigmoid(-40) = 4e-18: the mask is 0 in float32
+    mel, face = torch.randn(3, 1, 80, 16), torch.rand(3, 6, 96, 96)
+    with torch.no_grad():
+        out = model(mel, face)
+        content, mask = model.composite_parts(mel, face)
+    assert out.shape == (3, 3, 96, 96) and mask.shape == (3, 1, 96, 96)
+    torch.testing.assert_close(out, face[:, 3:], rtol=0, atol=1e-6)
+    assert (content - face[:, 3:]).abs().max() > 0.1, "the content differs, so the mask really selected the reference"
+
+
+def test_composite_head_returns_its_content_where_the_mask_is_one():
+    model = _composite_with_mask_bias(40.0)
+    mel, face = torch.randn(2, 1, 80, 16), torch.rand(2, 6, 96, 96)
+    with torch.no_grad():
+        content, _ = model.composite_parts(mel, face)
+        torch.testing.assert_close(model(mel, face), content, rtol=0, atol=1e-6)
+
+
+def test_heads_share_every_parameter_name_and_differ_only_in_the_last_convolution():
+    image = Wav2Lip(Wav2LipConfig(width=0.25)).state_dict()
+    composite = Wav2Lip(Wav2LipConfig(width=0.25, head="composite")).state_dict()
+    assert list(image) == list(composite)
+    differ = [k for k in image if image[k].shape != composite[k].shape]
+    assert differ == ["output_block.1.weight", "output_block.1.bias"]
+    assert composite["output_block.1.weight"].shape[0] == 4
+    with pytest.raises(ValueError, match="head"):
+        Wav2LipConfig(head="warp")
+    with pytest.raises(ValueError, match="composite_parts"):
+        Wav2Lip(Wav2LipConfig(width=0.25)).composite_parts(torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 96, 96))

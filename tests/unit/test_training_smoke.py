@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from lipsync.client.model_repository import SHIPPED_EXPERT, SHIPPED_GENERATOR
 from lipsync.client.networks.checkpoints import load_checkpoint
+from lipsync.client.networks.wav2lip import Wav2Lip
 from lipsync.training import cli
 from lipsync.training.config import ConfigError, EvaluateConfig, ExpertTrainConfig, GeneratorTrainConfig, preset
 from lipsync.training.data.lrs2 import (
@@ -435,3 +437,21 @@ def test_torchrun_ddp_trains_the_expert_and_the_generator_on_two_cpu_processes(c
     # rank 0 alone writes: one metrics row per step and name, not two
     rows = read_metrics(gen_dir / "metrics.csv")
     assert sorted(int(r["step"]) for r in rows if r["split"] == "train" and r["name"] == "l1") == [1, 2]
+
+
+def test_composite_head_grows_from_the_shipped_image_head_and_trains(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "composite"
+    args = ["generator", "--preset", "tiny", "--data-root", str(corpus), "--out-dir", str(out), "--steps", "2"]
+    args += ["--expert-checkpoint", str(SHIPPED_EXPERT), "--head", "composite", "--mask-wt", "0.01"]
+    _train([*args, "--init-from", str(SHIPPED_GENERATOR), "--keep-checkpoints", "0"])
+    ckpt = load_checkpoint(out / "checkpoint_step000000002.pt")
+    assert ckpt["config"] == {"width": 0.25, "head": "composite"}
+    model = Wav2Lip.from_checkpoint(out / "checkpoint_step000000002.pt")
+    assert model.config.head == "composite"
+    weight = ckpt["model"]["output_block.1.weight"]
+    shipped = Wav2Lip.from_checkpoint(SHIPPED_GENERATOR).state_dict()["output_block.1.weight"]
+    assert weight.shape[0] == 4 and shipped.shape[0] == 3
+    # Two steps at lr 1e-4 barely move the copied content channels away from the shipped ones.
+    assert (weight[:3] - shipped).abs().max() < 5e-3
+    rows = read_metrics(out / "metrics.csv")
+    assert any(r["split"] == "train" and r["name"] == "mask" for r in rows)
