@@ -99,11 +99,10 @@ def test_colour_match_brings_a_tinted_face_back_to_the_skin_around_it(astronaut)
     assert ring.any() and (ring & ~inside).any() and (ring & inside).any(), "the ring straddles the support's edge"
 
     def skin_delta_e(out: np.ndarray) -> float:
-        sub = (
-            lambda im: cv2.cvtColor(  # noqa: E731
-                im[region.y1 : region.y2, region.x1 : region.x2].astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab
-            )
-        )
+        def sub(image: np.ndarray) -> np.ndarray:
+            crop = image[region.y1 : region.y2, region.x1 : region.x2].astype(np.float32) / 255.0
+            return cv2.cvtColor(crop, cv2.COLOR_BGR2Lab)
+
         band = mouth_alpha(shape, region.height, region.width) > 0.5  # where the pasted face dominates
         return float(np.linalg.norm(sub(out)[band] - sub(frame)[band], axis=1).mean())
 
