@@ -265,9 +265,12 @@ def speech_intervals(
 
 
 def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
-    """Mean absolute difference over the lower middle of the face box (where the mouth is blended).
+    """The 90th percentile of the absolute difference (0..255) over the lower middle of the face box.
 
-    NaN when that region lies outside the frame.
+    A percentile, not the mean: the mouth-only blend changes just the lips and chin inside that box
+    (on the synthetic talking head, mean 12.5-13.5 with a 90th percentile of 24-27 while speech
+    plays), while a codec's loss is spread thin over all of it (90th percentile below 10 in
+    silence). NaN when that region lies outside the frame.
     """
     x1, y1, x2, y2 = (int(round(v)) for v in (box.x1, box.y1, box.x2, box.y2))
     w, h = x2 - x1, y2 - y1
@@ -275,7 +278,8 @@ def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
     xs = slice(max(x1 + int(0.25 * w), 0), min(x1 + int(0.75 * w), sent.shape[1]))
     if ys.stop <= ys.start or xs.stop <= xs.start:
         return float("nan")
-    return float(np.abs(received[ys, xs].astype(np.float32) - sent[ys, xs].astype(np.float32)).mean())
+    per_pixel = np.abs(received[ys, xs].astype(np.float32) - sent[ys, xs].astype(np.float32)).mean(axis=2)
+    return float(np.percentile(per_pixel, 90))
 
 
 def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:

@@ -41,8 +41,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FPS = 25
 BLOCK_ROWS = 2 * BLOCK  # rows holding the frame-index stamp (and the codec's smear of it)
 SIZE = (320, 240)
-# Mean absolute difference (0..255) in the mouth region between a returned frame and the sent one:
-# pass-through frames differ only by VP8's loss (measured 4-7), generated mouths by tens.
+# peer.mouth_difference (90th percentile of the absolute difference, 0..255, in the mouth region)
+# between a returned frame and the sent one: pass-through frames differ only by VP8's loss
+# (measured below 10), generated mouths by 24 and more.
 CHANGED = 15.0
 HANGOVER_S = 0.12
 # Correctness, not speed, is tested here (timings are benchmarks/pipeline.py's): a generous compute
@@ -238,7 +239,9 @@ async def test_pushed_speech_drives_the_mouth_and_interrupt_stops_it(gateway) ->
     changes = mouth_changes(client, clip)
     sent = client.video_track.sent
     during = [d for i, d in changes.items() if pushed + 0.6 <= sent[i] <= interrupted - 0.1]
-    after = [d for i, d in changes.items() if sent[i] >= interrupted + 0.6]
+    # Speech already fed before the interrupt still plays: up to the 200 ms fed ahead, the VAD's
+    # 120 ms hangover and the 200 ms mel window (0.52 s), plus scheduling slack on a loaded machine.
+    after = [d for i, d in changes.items() if sent[i] >= interrupted + 0.8]
     assert during and after
     assert np.mean(np.array(during) > CHANGED) > 0.5, (np.round(during, 1), stats)
     assert max(after) < CHANGED, np.round(after, 1)

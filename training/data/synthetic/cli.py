@@ -75,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.boxes,
         help="crop boxes from the project's face tracker (as real video) or the renderer (default %(default)s)",
     )
+    p.add_argument(
+        "--style",
+        choices=("photo", "cartoon"),
+        default=d.style,
+        help="photo: faces as a camera shows them; cartoon: the first corpus's flat look (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="processes (default min(2, CPUs) = %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             crop_size=args.crop_size,
             languages=tuple(x.strip() for x in args.languages.split(",") if x.strip()),
             boxes=args.boxes,
+            style=args.style,
             workers=args.workers,
         )
     except ValueError as exc:

@@ -127,18 +127,19 @@ def render_talking_clip(
     fps: int = 25,
     voice: Voice | None = None,
     still: bool = False,
+    style: str = "photo",
 ) -> tuple[list[np.ndarray], np.ndarray, list[tuple[float, float, float, float]]]:
     """A full-frame synthetic talking head saying `text`: (BGR frames, float32 16 kHz audio, face boxes).
 
     For tests and demos of the live and offline paths; the same seed gives the same clip.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1C]))
-    identity = sample_identity(seed, int(rng.integers(1_000_000)))
+    identity = sample_identity(seed, int(rng.integers(1_000_000)), style)
     voice = voice or Voice(
         "en-us", str(rng.choice(["", "m3", "f2", "f4", "m7"])), int(rng.integers(150, 185)), int(rng.integers(35, 65))
     )
     speech = prepare_speech(synthesize(text, voice), rng, fps, noise=False)
-    scene = sample_scene(rng, size, still=still)
+    scene = sample_scene(rng, size, still=still, style=style)
     clip = ClipRenderer(identity, scene, speech, int(rng.integers(2**31)))
     frames, boxes = [], []
     for fr in clip:

@@ -26,6 +26,7 @@ class CorpusConfig:
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     boxes: str = "detector"  # detector: the project's face tracker, as for real video; render: the renderer's boxes
     crop_jpeg_quality: int = 95
+    style: str = "photo"  # renderer.STYLES: photo (the default since the real-faces work) or cartoon
 
     def __post_init__(self) -> None:
         if self.clips < 1:
@@ -43,6 +44,8 @@ class CorpusConfig:
             raise ValueError(f"unknown languages {sorted(unknown)}; choose from {sorted(LANGUAGES)}")
         if self.boxes not in ("detector", "render"):
             raise ValueError(f"boxes must be 'detector' or 'render', got {self.boxes!r}")
+        if self.style not in ("photo", "cartoon"):
+            raise ValueError(f"style must be 'photo' or 'cartoon', got {self.style!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.frame_size < 96 or self.crop_size < 32:

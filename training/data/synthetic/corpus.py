@@ -158,8 +158,8 @@ def render_clip(spec: ClipSpec, cfg: CorpusConfig, out_dir: str) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xC2, spec.index]))
     speech = synthesize(spec.text, spec.voice)
     clip_speech = prepare_speech(speech, rng, cfg.fps, cfg.max_seconds)
-    scene = sample_scene(rng, (cfg.frame_size, cfg.frame_size))
-    identity = sample_identity(cfg.seed, spec.identity)
+    scene = sample_scene(rng, (cfg.frame_size, cfg.frame_size), style=cfg.style)
+    identity = sample_identity(cfg.seed, spec.identity, cfg.style)
     clip = ClipRenderer(identity, scene, clip_speech, spec.seed)
     os.makedirs(out_dir, exist_ok=True)
     hits = 0

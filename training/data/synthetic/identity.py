@@ -1,12 +1,14 @@
 """Sampled identities: the face shape, colouring and accessories of one synthetic person.
 
-`sample_identity(seed, index)` always gives the same person for the same (seed, index); all
-geometry is in canonical canvas units (see renderer.CANVAS), colours are BGR 0..255.
+`sample_identity(seed, index, style)` always gives the same person for the same arguments; all
+geometry is in canonical canvas units (see renderer.CANVAS), colours are BGR 0..255. The "photo"
+style colours lips and teeth as photographs show them (lips a few shades off the skin, teeth
+ivory and shadowed); "cartoon" is the first corpus's look (saturated lips, white teeth).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +34,7 @@ IRIS_COLOURS = np.array(
 HAIR_STYLES = ("bald", "buzz", "short", "side_part", "long", "bun", "curly", "bob")
 FACIAL_HAIR = ("none", "stubble", "mustache", "goatee", "beard", "full_beard")
 GLASSES = ("none", "round", "rect", "browline", "aviator")
+STYLES = ("photo", "cartoon")
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ def _pick(rng: np.random.Generator, table: np.ndarray, jitter: float) -> tuple[f
     return tuple(float(c) for c in np.clip(base * rng.uniform(1 - jitter, 1 + jitter, 3), 0, 255))
 
 
-def sample_identity(seed: int, index: int) -> Identity:
-    """The identity number `index` of the population drawn from `seed`."""
+def sample_identity(seed: int, index: int, style: str = "photo") -> Identity:
+    """The identity number `index` of the population drawn from `seed`, coloured in `style`."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1D, index]))
     skin = _pick(rng, SKIN_TONES, 0.04)
     lum = sum(skin) / 3
@@ -112,7 +117,7 @@ def sample_identity(seed: int, index: int) -> Identity:
     hair_style = str(rng.choice(HAIR_STYLES, p=style_p / style_p.sum()))
     glasses = str(rng.choice(GLASSES, p=[0.7, 0.08, 0.1, 0.06, 0.06]))
     tooth = rng.uniform(200, 245)
-    return Identity(
+    person = Identity(
         index=index,
         head_width=float(rng.uniform(0.88, 1.1) * (1.03 if masculine else 0.97)),
         head_length=float(rng.uniform(0.92, 1.08)),
@@ -149,4 +154,18 @@ def sample_identity(seed: int, index: int) -> Identity:
             rng, np.array([(20, 20, 20), (40, 60, 90), (160, 160, 170), (30, 30, 120), (80, 50, 30)], np.float32), 0.1
         ),
         texture_seed=int(rng.integers(2**31)),
+    )
+    if style == "cartoon":
+        return person
+    # Drawn after everything else, so a photo person is the cartoon person recoloured. Real lips are
+    # the skin with more red and a little less light; on dark skin they barely differ from it.
+    redden = np.array([0.78, 0.70, 0.93]) if lum >= 110 else np.array([0.82, 0.79, 0.88])
+    lip = np.clip(np.array(skin) * redden * rng.uniform(0.88, 1.0, 3) ** 0.5, 0, 255)
+    ivory = rng.uniform(150, 205)  # teeth inside a mouth are in shade: ivory-grey, never white
+    teeth = (ivory * rng.uniform(0.72, 0.85), ivory * rng.uniform(0.88, 0.96), ivory)
+    return replace(
+        person,
+        lip_colour=tuple(float(c) for c in lip),
+        teeth_colour=tuple(float(c) for c in teeth),
+        blush=person.blush * 0.5,
     )

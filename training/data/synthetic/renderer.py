@@ -6,12 +6,18 @@ light, eyes, brows, nose, ears, hair, facial hair, glasses, neck and shoulders. 
 the jaw, draws the mouth (lips, dark interior, teeth, tongue) from the mouth parameters, and maps the
 canvas into the frame with the head pose (yaw and pitch on a cylinder with nose parallax, roll, scale,
 translation) over the background, followed by the camera: light tint, blur, noise and JPEG.
+
+Two looks (`Scene.style`): "photo", the default, aims at what a face tracker crops from real video
+(skin with pores and mottling, lips close to the skin's colour with soft borders and fine lines, a
+dark mouth in which teeth are partly hidden and shadowed, stubble over the lip line, muted
+backgrounds, motion blur, luminance-dependent sensor noise and JPEG); "cartoon" is the first
+corpus's flat look, kept to reproduce it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -57,10 +63,24 @@ class Scene:
     blur: float  # Gaussian blur sigma in pixels (0 = none)
     jpeg_quality: int  # quality of the compressed frame (100 = no compression step)
     gamma: float
+    style: str = "photo"  # renderer.STYLES
+    motion_blur: float = 0.0  # length in pixels of a linear smear (a slow shutter on a moving head)
+    motion_angle: float = 0.0  # its direction, radians
 
 
-def sample_scene(rng: np.random.Generator, frame_size: tuple[int, int] = (256, 256), *, still: bool = False) -> Scene:
+STYLES = ("photo", "cartoon")
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    frame_size: tuple[int, int] = (256, 256),
+    *,
+    still: bool = False,
+    style: str = "photo",
+) -> Scene:
     """A random scene for a frame of (width, height); `still` gives a fixed frontal pose without blinks."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     fw, fh = frame_size
     az = rng.uniform(-1.1, 1.1)
     el = rng.uniform(-0.15, 0.75)
@@ -70,7 +90,7 @@ def sample_scene(rng: np.random.Generator, frame_size: tuple[int, int] = (256, 2
     tint = (1.0 - 0.08 * warm + rng.uniform(-0.03, 0.03), 1.0 + rng.uniform(-0.03, 0.03), 1.0 + 0.08 * warm)
     head_frac = rng.uniform(0.36, 0.55)
     hw = head_frac * min(fw, fh * 1.05)
-    return Scene(
+    scene = Scene(
         frame_w=fw,
         frame_h=fh,
         light=tuple(float(v) for v in light),
@@ -96,6 +116,20 @@ def sample_scene(rng: np.random.Generator, frame_size: tuple[int, int] = (256, 2
         blur=float(rng.choice([0.0, rng.uniform(0.3, 1.1)], p=[0.5, 0.5])),
         jpeg_quality=int(rng.choice([100, int(rng.integers(35, 92))], p=[0.2, 0.8])),
         gamma=float(rng.uniform(0.85, 1.15)),
+        style=style,
+    )
+    if style == "cartoon":
+        return scene
+    # Drawn after the rest, so a photo scene is the cartoon scene shot by a real camera: webcams and
+    # phones always add noise and compression, often a little softness, and a moving head smears.
+    return replace(
+        scene,
+        noise=float(rng.uniform(1.5, 6.0)),
+        blur=float(rng.choice([0.0, rng.uniform(0.3, 0.9)], p=[0.4, 0.6])),
+        jpeg_quality=int(rng.integers(30, 88)),
+        specular=float(rng.uniform(0.05, 0.3)),
+        motion_blur=0.0 if still else float(rng.choice([0.0, rng.uniform(1.0, 3.5)], p=[0.6, 0.4])),
+        motion_angle=float(rng.uniform(0, math.pi)),
     )
 
 
@@ -323,6 +357,7 @@ class Face:
     def __init__(self, idt: Identity, scene: Scene) -> None:
         self.idt = idt
         self.scene = scene
+        self.photo = scene.style == "photo"
         self.lay = make_layout(idt)
         self.rng = np.random.default_rng(idt.texture_seed)
         yy, xx = np.mgrid[0:CANVAS_H, 0:CANVAS_W].astype(np.float32)
@@ -499,7 +534,17 @@ class Face:
         fine = rng.normal(0, 1, (H, W)).astype(np.float32)
         fine = cv2.GaussianBlur(fine, (0, 0), 0.7)
         albedo *= (1.0 + 0.018 * fine)[..., None]
-        shaded = albedo * self.shade[..., None] + (self.spec * 120.0)[..., None]
+        sheen = self.spec
+        if self.photo:
+            # Pores (a fine grain that also breaks up the highlights), mottling a few mm across, and
+            # sparse small spots: what makes skin read as skin rather than plastic.
+            pores = cv2.GaussianBlur(rng.normal(0, 1, (H, W)).astype(np.float32), (0, 0), 0.55)
+            pores /= pores.std() + 1e-6
+            mottle = _smooth_noise(rng, (H, W), 48)
+            spots = cv2.GaussianBlur((rng.random((H, W)) < 0.0015).astype(np.float32), (0, 0), 0.9) * 6.0
+            albedo *= (1.0 + 0.025 * pores + 0.03 * mottle - 0.12 * np.clip(spots, 0, 1))[..., None]
+            sheen = self.spec * np.clip(1.0 + 0.6 * pores, 0.2, 2.0)
+        shaded = albedo * self.shade[..., None] + (sheen * 120.0)[..., None]
         # soft darkening at the silhouette (skin curving away)
         rim = np.clip(1.0 - self._rho(), 0, 1) ** 0.12
         shaded *= (0.7 + 0.3 * rim)[..., None]
@@ -529,6 +574,9 @@ class Face:
             bgra = np.dstack([np.clip(im, 0, 255), np.clip(alpha, 0, 1) * 255.0]).astype(np.uint8)
             self.canvases.append(bgra)
         self.mustache = self._mustache_patch(hair, hair_tex)
+        # fine vertical creases of the lips (photo style), one texture per person
+        creases = cv2.GaussianBlur(rng.normal(0, 1, (H, W)).astype(np.float32), (0, 0), sigmaX=0.45, sigmaY=2.2)
+        self.lip_creases = creases / (creases.std() + 1e-6)
 
     def _hair_texture(self) -> np.ndarray:
         n = self.rng.normal(0, 1, (CANVAS_H, CANVAS_W)).astype(np.float32)
@@ -791,7 +839,8 @@ class Face:
         line = np.where(rel > 0.85, lay.eye_y + 8, line)
         region = face * np.clip((self._yy - line) / 10.0, 0, 1)
         mouth_hole = _gauss2(self._xx, self._yy, lay.cx, lay.mouth_y + 1, lay.mouth_w + 3, lay.lower_lip + 2)
-        return np.clip(region * (1 - 1.6 * mouth_hole), 0, 1)
+        # photo: stubble and beards grow up to the lip line (and a moustache over it, see below)
+        return np.clip(region * (1 - (0.9 if self.photo else 1.6) * mouth_hole), 0, 1)
 
     def _facial_hair(self, img: np.ndarray, hair: np.ndarray, tex: np.ndarray) -> None:
         kind, lay = self.idt.facial_hair, self.lay
@@ -829,7 +878,9 @@ class Face:
         bot = _curve(
             lay.cx + lay.mouth_w + 6,
             lay.cx - lay.mouth_w - 6,
-            lambda x: lay.mouth_y - lay.upper_lip + 2 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2,
+            lambda x: (
+                lay.mouth_y - lay.upper_lip * (0.45 if self.photo else 1.0) + 2 + 4 * ((x - lay.cx) / lay.mouth_w) ** 2
+            ),
         )
         m = _poly_mask((CANVAS_H, CANVAS_W), np.concatenate([top, bot]), 1.0)[y0:y1, x0:x1]
         col = hair[None, None, :] * (0.5 + 0.6 * tex[y0:y1, x0:x1])[..., None] * self.shade[y0:y1, x0:x1, None] * 0.9
@@ -914,6 +965,8 @@ class Face:
             interior = np.concatenate([pts(xs, upper_inner), pts(xs[::-1], lower_inner[::-1])])
             in_m = _poly_mask(shape, interior, 0.4)
             dark = np.array([28, 22, 40], np.float32) * (0.7 + 0.5 * s_m)
+            if self.photo:  # the inside of a real mouth is near black, with a warm tinge
+                dark = np.array([16, 14, 30], np.float32) * (0.6 + 0.4 * s_m)
             yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
             depth = np.clip(1 - np.abs(xx + ox - cx) / max(wi, 1), 0, 1)
             layer = np.empty_like(roi)
@@ -923,6 +976,8 @@ class Face:
             vis = float(m[P["teeth"]])
             # upper teeth hang from the upper inner lip line
             th_u = min(sep * 0.9, 0.3 * lay.mouth_w * (0.45 + 0.55 * vis))
+            if self.photo:  # the upper lip hides the teeth's upper part
+                th_u *= 0.7
             if th_u > 0.4:
                 tx = np.linspace(cx - wi * 0.82, cx + wi * 0.82, 25)
                 trel = (tx - cx) / (wi * 0.82)
@@ -933,6 +988,8 @@ class Face:
                 t_img = teeth_col[None, None, :] * (1 - 0.55 * side**1.5)[..., None]
                 gaps = (np.abs(np.sin((xx + ox - cx) / max(lay.mouth_w * 0.18, 1) * np.pi)) < 0.12) * 0.18
                 t_img *= (1 - gaps)[..., None]
+                if self.photo:  # the lip's shadow falls on the teeth: darker towards the gum
+                    t_img *= np.clip(0.55 + 0.45 * (yy + oy - uy + 2) / max(th_u, 1.0), 0.55, 1.0)[..., None]
                 _blend(layer, teeth, t_img)
             # lower teeth, seen when the mouth is open and lips retracted
             th_l = min(sep * 0.35, 0.2 * lay.mouth_w * vis) if sep > 4 else 0.0
@@ -957,18 +1014,24 @@ class Face:
         # lips
         up_poly = np.concatenate([pts(xs, upper_outer), pts(xs[::-1], upper_inner[::-1])])
         lo_poly = np.concatenate([pts(xs, lower_inner), pts(xs[::-1], lower_outer[::-1])])
-        up_m = _poly_mask(shape, up_poly, 0.6)
-        lo_m = _poly_mask(shape, lo_poly, 0.6)
+        edge = 1.3 if self.photo else 0.6  # the border of real lips is soft
+        up_m = _poly_mask(shape, up_poly, edge)
+        lo_m = _poly_mask(shape, lo_poly, edge)
         yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-        up_col = base_lip * 0.8 * s_m
-        lo_col = base_lip * 1.0 * s_lo
+        up_col = np.broadcast_to(base_lip * 0.8 * s_m, roi.shape)
+        lo_col = np.broadcast_to(base_lip * 1.0 * s_lo, roi.shape)
+        if self.photo:  # lit like the skin around them, pixel by pixel, with fine vertical creases
+            sub = (slice(y0, y1), slice(x0, x1))
+            grain = (1.0 + 0.07 * self.lip_creases[sub])[..., None]
+            up_col = base_lip * 0.88 * self.shade[sub][..., None] * grain
+            lo_col = base_lip * self.shade[sub][..., None] * grain
         # the lower lip catches the light near its middle
         hl = np.exp(
             -(((xx + ox - cx) / (0.5 * w)) ** 2 + ((yy + oy - (ly_ + 0.45 * g["tl"])) / (0.3 * g["tl"] + 0.5)) ** 2)
         )
-        _blend(roi, up_m, up_col)
-        lo_img = lo_col[None, None, :] * (1 + 0.18 * hl * (0.5 + self.scene.specular * 2))[..., None]
-        _blend(roi, lo_m, lo_img)
+        _blend(roi, up_m, np.ascontiguousarray(up_col, np.float32))
+        lo_img = lo_col * (1 + 0.18 * hl * (0.5 + self.scene.specular * 2))[..., None]
+        _blend(roi, lo_m, lo_img.astype(np.float32))
         # where the lips meet, and the corners
         meet = np.zeros(shape, np.uint8)
         if sep <= 0.6:
@@ -1051,7 +1114,24 @@ def make_background(scene: Scene) -> np.ndarray:
         col2 = rng.uniform(30, 220, 3).astype(np.float32)
         t = np.clip(0.5 + 0.5 * n + 0.05 * n2, 0, 1)[..., None]
         bg = bg * (1 - t) + col2 * t
+    if scene.style == "photo":
+        # Rooms behind a speaker are mostly muted and out of focus, with some fine texture.
+        grey = bg.mean(axis=2, keepdims=True)
+        bg = grey + rng.uniform(0.25, 0.7) * (bg - grey)
+        bg = cv2.GaussianBlur(bg, (0, 0), rng.uniform(1.0, 3.0))
+        bg += rng.uniform(0, 6) * cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 1.0)[..., None]
     return np.clip(bg, 0, 255).astype(np.float32)
+
+
+def _line_kernel(length: float, angle: float) -> np.ndarray:
+    """A normalised linear motion-blur kernel of `length` pixels at `angle` radians."""
+    size = int(math.ceil(length)) | 1
+    k = np.zeros((size * 4, size * 4), np.uint8)
+    c = size * 2
+    dx, dy = 0.5 * length * 4 * math.cos(angle), 0.5 * length * 4 * math.sin(angle)
+    cv2.line(k, (int(c - dx), int(c - dy)), (int(c + dx), int(c + dy)), 255, 3, cv2.LINE_AA)
+    k = cv2.resize(k.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return k / k.sum()
 
 
 def _unturn(p: np.ndarray, radius: float, angle: float) -> np.ndarray:
@@ -1084,6 +1164,7 @@ class Camera:
         self.noise = (
             scene.noise * self.rng.standard_normal((6, h, w + 48, 3), dtype=np.float32) if scene.noise > 0 else None
         )
+        self.smear = _line_kernel(scene.motion_blur, scene.motion_angle) if scene.motion_blur >= 1.0 else None
         lay = face.lay
         self.pivot = (lay.cx, lay.eye_y + 0.3 * (lay.nose_base_y - lay.eye_y))
         self.radius_x = lay.a * 1.12
@@ -1185,9 +1266,14 @@ class Camera:
             return np.clip(frame, 0, 255).astype(np.uint8)
         if sc.blur > 0:
             frame = cv2.GaussianBlur(frame, (0, 0), sc.blur)
+        if self.smear is not None:
+            frame = cv2.filter2D(frame, -1, self.smear)
         if sc.noise > 0:
             k, off = self.rng.integers(len(self.noise)), self.rng.integers(self.noise.shape[2] - fw + 1)
-            frame += self.noise[k, :, off : off + fw]
+            grain = self.noise[k, :, off : off + fw]
+            if sc.style == "photo":  # shot noise: stronger in the bright parts, as sensors have it
+                grain = grain * np.sqrt(np.clip(frame, 4.0, 255.0) * (1.0 / 96.0))
+            frame += grain
         out = cv2.LUT(np.clip(frame, 0, 255).astype(np.uint8), self.lut)
         if sc.jpeg_quality < 100:
             ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, sc.jpeg_quality])
