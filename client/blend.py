@@ -154,6 +154,14 @@ def blend_mouth(
     return out
 
 
+def mouth_support(frame_shape: tuple[int, ...], region: CropRegion, shape: MouthShape) -> np.ndarray:
+    """(H, W) bool: the frame pixels blend_mouth may change for this region and shape (alpha > 0)."""
+    support = np.zeros(frame_shape[:2], dtype=bool)
+    alpha = mouth_alpha(shape, region.height, region.width)
+    support[region.y1 : region.y1 + region.height, region.x1 : region.x1 + region.width] = alpha > 0
+    return support
+
+
 def _mix_into(view: np.ndarray, face: np.ndarray, alpha: np.ndarray) -> None:
     """view (uint8, in place) = view + alpha * (face - view), rounded."""
     original = view.astype(np.float32)

@@ -46,6 +46,7 @@ class Compositor:
         self.stats = CompositorStats()
         self._landmarker = None
         self._shape: MouthShape | None = None
+        self.last_shape: MouthShape | None = None  # the shape the latest mouth compose used
         self._since_measure = 0
         if mode == "mouth":
             from lipsync.client.face_landmarks import FaceLandmarker
@@ -78,7 +79,7 @@ class Compositor:
         self.stats.frames += 1
         if self.mode == "lower_face":
             return blend_face(frame, generated, region)
-        shape = self.mouth_shape(frame, region)
+        shape = self.last_shape = self.mouth_shape(frame, region)
         return blend_mouth(frame, generated, region, shape, colour_match=self.colour_match)
 
     def reset(self) -> None:
