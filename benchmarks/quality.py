@@ -253,7 +253,8 @@ def compositing_cost(backend: PyTorchBackend, repeats: int = 2) -> dict:
     return out
 
 
-def load_models(include_untrained: bool = True) -> dict[str, PyTorchBackend]:
+def load_models(extra: dict[str, Path] | None = None) -> dict[str, PyTorchBackend]:
+    """shipped, previous (where its file exists), untrained, and any extra checkpoints by name."""
     import torch
 
     from lipsync.client.networks.wav2lip import Wav2Lip
@@ -261,10 +262,11 @@ def load_models(include_untrained: bool = True) -> dict[str, PyTorchBackend]:
     models = {"shipped": PyTorchBackend(DEFAULT_CHECKPOINT)}
     if PREVIOUS_CHECKPOINT.is_file():
         models["previous"] = PyTorchBackend(PREVIOUS_CHECKPOINT)
-    if include_untrained:
-        torch.manual_seed(0)
-        shipped = Wav2Lip.from_checkpoint(DEFAULT_CHECKPOINT)
-        models["untrained"] = PyTorchBackend(model=Wav2Lip(shipped.config).eval())
+    torch.manual_seed(0)
+    shipped = Wav2Lip.from_checkpoint(DEFAULT_CHECKPOINT)
+    models["untrained"] = PyTorchBackend(model=Wav2Lip(shipped.config).eval())
+    for name, path in (extra or {}).items():
+        models[name] = PyTorchBackend(path)
     return models
 
 
@@ -332,12 +334,19 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def run_benchmark(clips: int, real_seconds: float, quick: bool, out: Path, plot_path: Path | None) -> dict:
+def run_benchmark(
+    clips: int,
+    real_seconds: float,
+    quick: bool,
+    out: Path,
+    plot_path: Path | None,
+    extra_models: dict[str, Path] | None = None,
+) -> dict:
     started = time.perf_counter()
     items = make_material(clips, real_seconds)
     for item in tqdm(items, desc="track inputs", leave=False):
         track_inputs(item)
-    models = load_models()
+    models = load_models(extra_models)
     scorer = load_expert()
     runs, outputs = [], {}
     jobs = [(m, b, it) for m in models for b in BLEND_MODES for it in items]
@@ -371,6 +380,7 @@ def run_benchmark(clips: int, real_seconds: float, quick: bool, out: Path, plot_
             if "previous" in models
             else None,
             "untrained": "the shipped network's shape, random weights (torch seed 0)",
+            **{name: str(path) for name, path in (extra_models or {}).items()},
         },
         "inputs_reference": {item.name: input_reference(item) for item in items},
         "summary": summarise(runs),
@@ -406,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-seconds", type=float, default=3.0, help="length of the dubbed real still")
     parser.add_argument("--quick", action="store_true", help="one clip, 1.2 s of the still: a check, not figures")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/...)")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME=CHECKPOINT", help="also measure this generator"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.clips < 1 or args.real_seconds <= 0.5:
@@ -413,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     clips, seconds = (1, 1.2) if args.quick else (args.clips, args.real_seconds)
     out = args.out or RESULTS / ("quality_quick.json" if args.quick else "quality.json")
     plot_path = out.with_suffix(".png")
-    report = run_benchmark(clips, seconds, args.quick, out, plot_path)
+    extra = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if not name or not path or not Path(path).is_file():
+            parser.error(f"--model takes NAME=CHECKPOINT with an existing file, got {spec!r}")
+        extra[name] = Path(path)
+    report = run_benchmark(clips, seconds, args.quick, out, plot_path, extra)
     print_table(report)
     print(f"wrote {out} and {plot_path}")
     return 0

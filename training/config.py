@@ -141,6 +141,13 @@ class GeneratorTrainConfig(RunConfig):
         default=0.0,
         metadata={"help": "composite head: weight of the mean mask (prefers the reference where it suffices)"},
     )
+    mask_init_bias: float = field(
+        default=0.0,
+        metadata={
+            "help": "composite head grown by --init-from from an image head: the mask channel's initial bias "
+            "(0: an even mix, where the sigmoid learns fastest; 3: starts as the image head, mask 0.95)"
+        },
+    )
     disc_width: float = field(default=1.0, metadata={"help": "channel width multiplier of the quality discriminator"})
     batch_size: int = field(default=16, metadata={"help": "5-frame windows per step and per process"})
     lr: float = field(default=1e-4, metadata={"help": "generator Adam learning rate"})

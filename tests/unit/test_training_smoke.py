@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from lipsync.client.model_repository import SHIPPED_EXPERT, SHIPPED_GENERATOR
-from lipsync.client.networks.checkpoints import load_checkpoint
-from lipsync.client.networks.wav2lip import Wav2Lip
+from lipsync.client.model_repository import SHIPPED_EXPERT
+from lipsync.client.networks.checkpoints import load_checkpoint, save_checkpoint
+from lipsync.client.networks.wav2lip import Wav2Lip, Wav2LipConfig
 from lipsync.training import cli
 from lipsync.training.config import ConfigError, EvaluateConfig, ExpertTrainConfig, GeneratorTrainConfig, preset
 from lipsync.training.data.lrs2 import (
@@ -439,19 +439,25 @@ def test_torchrun_ddp_trains_the_expert_and_the_generator_on_two_cpu_processes(c
     assert sorted(int(r["step"]) for r in rows if r["split"] == "train" and r["name"] == "l1") == [1, 2]
 
 
-def test_composite_head_grows_from_the_shipped_image_head_and_trains(corpus: Path, tmp_path: Path) -> None:
+def test_composite_head_grows_from_an_image_head_and_trains(corpus: Path, tmp_path: Path) -> None:
+    # An image-head network of the shipped width (the paper's head, as released checkpoints have).
+    torch.manual_seed(3)
+    image_head = Wav2Lip(Wav2LipConfig(width=0.25, head="image"))
+    source = save_checkpoint(tmp_path / "image_head.pt", model=image_head, config=image_head.config)
     out = tmp_path / "composite"
     args = ["generator", "--preset", "tiny", "--data-root", str(corpus), "--out-dir", str(out), "--steps", "2"]
     args += ["--expert-checkpoint", str(SHIPPED_EXPERT), "--head", "composite", "--mask-wt", "0.01"]
-    _train([*args, "--init-from", str(SHIPPED_GENERATOR), "--keep-checkpoints", "0"])
+    _train([*args, "--init-from", str(source), "--mask-init-bias", "1.5", "--keep-checkpoints", "0"])
     ckpt = load_checkpoint(out / "checkpoint_step000000002.pt")
     assert ckpt["config"] == {"width": 0.25, "head": "composite"}
     model = Wav2Lip.from_checkpoint(out / "checkpoint_step000000002.pt")
     assert model.config.head == "composite"
-    weight = ckpt["model"]["output_block.1.weight"]
-    shipped = Wav2Lip.from_checkpoint(SHIPPED_GENERATOR).state_dict()["output_block.1.weight"]
-    assert weight.shape[0] == 4 and shipped.shape[0] == 3
-    # Two steps at lr 1e-4 barely move the copied content channels away from the shipped ones.
-    assert (weight[:3] - shipped).abs().max() < 5e-3
+    weight, bias = ckpt["model"]["output_block.1.weight"], ckpt["model"]["output_block.1.bias"]
+    original = image_head.state_dict()["output_block.1.weight"]
+    assert weight.shape[0] == 4 and original.shape[0] == 3
+    # Two steps at lr 1e-4 barely move the copied content channels, or the new mask channel away
+    # from its zero weights and the requested bias.
+    assert (weight[:3] - original).abs().max() < 5e-3
+    assert weight[3].abs().max() < 5e-3 and abs(float(bias[3]) - 1.5) < 5e-3
     rows = read_metrics(out / "metrics.csv")
     assert any(r["split"] == "train" and r["name"] == "mask" for r in rows)
