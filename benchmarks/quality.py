@@ -216,8 +216,8 @@ def expert_lse(scorer, item: Item, outputs: list[np.ndarray]) -> dict:
 
 
 def input_reference(item: Item) -> dict | None:
-    """The input's own lip opening against the driving speech (what real video scores); None for a still."""
-    if item.still:
+    """The input's lip opening against its own speech (what a real recording scores); None for stills and dubs."""
+    if item.still or not item.own:
         return None
     openings = np.array([lip_opening(m) if m is not None else np.nan for m in item.input_landmarks])
     sync, lag = quality.best_lag_correlation(openings, quality.speech_envelope(item.wav, len(item.frames), FPS))

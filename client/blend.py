@@ -136,22 +136,32 @@ def blend_mouth(
     """
     _check_frame_and_region(frame, region)
     alpha = mouth_alpha(shape, region.height, region.width)
-    ring = skin_ring(shape, region.height, region.width)
     r1, r2, c1, c2 = _support_box(alpha > 0)
     out = frame.copy()
     if r2 == r1:
         return out
-    if colour_match:  # the ring reaches past the support: take the box that holds both
-        q1, q2, d1, d2 = _support_box(ring | (alpha > 0))
-    else:
-        q1, q2, d1, d2 = r1, r2, c1, c2
-    view_all = frame[region.y1 + q1 : region.y1 + q2, region.x1 + d1 : region.x1 + d2]
-    face = generated_to_region(generated, region.width, region.height)[q1:q2, d1:d2]
     if colour_match:
-        face = match_colour(face, view_all, ring[q1:q2, d1:d2])
-    face = face[r1 - q1 : r2 - q1, c1 - d1 : c2 - d1]
+        generated = _colour_matched(generated, frame, region, shape)
+    face = generated_to_region(generated, region.width, region.height)[r1:r2, c1:c2]
     _mix_into(out[region.y1 + r1 : region.y1 + r2, region.x1 + c1 : region.x1 + c2], face, alpha[r1:r2, c1:c2])
     return out
+
+
+def _colour_matched(generated: np.ndarray, frame: np.ndarray, region: CropRegion, shape: MouthShape) -> np.ndarray:
+    """generated ((3, 96, 96) in [0, 1]) with its colour matched to the frame's skin ring, at the model's size.
+
+    Matching the 96x96 face before it is enlarged costs the same for every face size (0.1 ms instead
+    of 3-4 ms on a 250-pixel face); the statistics are means and spreads, which the downsampling
+    of the frame's region barely changes. The shape is region-relative, so its ring at 96x96 is the
+    same band of skin.
+    """
+    size = contract.FACE_SIZE
+    ring = skin_ring(shape, size, size)
+    crop = frame[region.y1 : region.y2, region.x1 : region.x2]
+    small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    face = np.ascontiguousarray(generated.transpose(1, 2, 0), dtype=np.float32) * np.float32(255.0)
+    matched = match_colour(face, small, ring)
+    return np.ascontiguousarray((matched * np.float32(1.0 / 255.0)).transpose(2, 0, 1))
 
 
 def mouth_support(frame_shape: tuple[int, ...], region: CropRegion, shape: MouthShape) -> np.ndarray:
