@@ -23,6 +23,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ from lipsync.streaming.inference import FrameInference
 from lipsync.streaming.metrics import GatewayObserver
 from lipsync.streaming.presenter import PresenterSource
 from lipsync.streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
-from lipsync.streaming.speech_source import SpeechQueueFull, SpeechRefused
+from lipsync.streaming.speech_source import PcmStream, SpeechQueueFull, SpeechRefused
 from lipsync.streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Gateway:
             self.presenter = PresenterSource.from_clip(config.presenter_clip)
         if config.ice_loopback:
             allow_loopback_candidates()
+        redact_access_log()
         self.app = self._build_app()
 
     # -- app
@@ -156,8 +158,9 @@ class Gateway:
         token = self.config.token
         if not token:
             return
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer" is as good as "Bearer".
+        given = credentials.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
         if not hmac.compare_digest(given.encode(), token.encode()):
             self.observer.rejected("unauthorized")
             raise ApiError(401, "missing or wrong token", **{"WWW-Authenticate": "Bearer"})
@@ -207,7 +210,13 @@ class Gateway:
         if (request.content_length or 0) > limit:
             self.observer.rejected("too_large")
             raise ApiError(413, f"offer body of {request.content_length} bytes is over the {limit}-byte limit")
-        body = await request.content.read(limit + 1)
+        # Read to the end of the body (it may arrive in several TCP segments), never past the cap.
+        body = bytearray()
+        while len(body) <= limit:
+            piece = await request.content.read(limit + 1 - len(body))
+            if not piece:
+                break
+            body += piece
         if len(body) > limit:
             self.observer.rejected("too_large")
             raise ApiError(413, f"offer body is over the {limit}-byte limit")
@@ -216,6 +225,9 @@ class Gateway:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             self.observer.rejected("bad_offer")
             raise ApiError(400, f"offer is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            self.observer.rejected("bad_offer")
+            raise ApiError(400, "offer JSON is nested too deeply") from exc
         if not isinstance(data, dict):
             raise ApiError(400, f"offer must be a JSON object, got {type(data).__name__}")
         if unknown := sorted(set(data) - OFFER_KEYS):
@@ -346,6 +358,7 @@ class Gateway:
         rate = self._rate(request.query.get("rate"))
         ws = web.WebSocketResponse(max_msg_size=self.config.max_speech_message_bytes, heartbeat=20)
         await ws.prepare(request)
+        pcm = PcmStream()
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 if rate is None:
@@ -354,7 +367,7 @@ class Gateway:
                     )
                     continue
                 try:
-                    await target.push_pcm(msg.data, rate)
+                    await target.push_pcm(pcm.feed(msg.data), rate)
                     await ws.send_json({"type": "queued", "queued_s": round(target.queued_s, 3)})
                 except SpeechRefused as exc:
                     await ws.send_json({"type": "error", "error": str(exc)})
@@ -385,15 +398,36 @@ class Gateway:
             raise ApiError(400, "POST /speech needs ?rate=<sample rate in Hz>")
         if request.query.get("interrupt") in ("1", "true"):
             target.interrupt()
-        carry = b""
+        pcm = PcmStream()
         try:
             async for chunk in request.content.iter_chunked(64 * 1024):
-                data = carry + chunk
-                carry = data[len(data) - len(data) % 2 :]
-                await target.push_pcm(data[: len(data) - len(carry)], rate)
+                await target.push_pcm(pcm.feed(chunk), rate)
         except SpeechRefused as exc:
             raise ApiError(413 if isinstance(exc, SpeechQueueFull) else 400, str(exc)) from exc
-        return web.json_response({"queued_s": round(target.queued_s, 3), "received_s": round(target.received_s, 3)})
+        reply = {"queued_s": round(target.queued_s, 3), "received_s": round(target.received_s, 3)}
+        if pcm.pending_bytes:  # a body that ends in half a sample: said, not silently dropped
+            reply["unpaired_trailing_bytes"] = pcm.pending_bytes
+        return web.json_response(reply)
+
+
+class RedactTokens(logging.Filter):
+    """Replaces the value of every `token=` query parameter in a log line: access logs are read by many."""
+
+    PATTERN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.PATTERN.sub(r"\1REDACTED", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_access_log() -> None:
+    """Install RedactTokens on aiohttp's access logger once (whoever runs the app logs through it)."""
+    access = logging.getLogger("aiohttp.access")
+    if not any(isinstance(f, RedactTokens) for f in access.filters):
+        access.addFilter(RedactTokens())
 
 
 class _SessionIdFilter(logging.Filter):

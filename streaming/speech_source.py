@@ -196,6 +196,28 @@ class SpeechQueueFull(SpeechRefused):
     """More pushed speech than the session may hold ahead of playback."""
 
 
+class PcmStream:
+    """Whole s16le samples out of a byte stream cut anywhere: an odd byte waits for the next piece.
+
+    Both push protocols use it (HTTP chunks and WebSocket messages are cut by the network or the
+    sender, not at sample boundaries), so neither drops nor refuses a sample split in two.
+    """
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._carry + bytes(data)
+        cut = len(data) - len(data) % 2
+        self._carry = data[cut:]
+        return data[:cut]
+
+    @property
+    def pending_bytes(self) -> int:
+        """0 or 1: the half sample still waiting for its other byte."""
+        return len(self._carry)
+
+
 class PushSpeech:
     """Speech pushed as PCM for one session (TTS, interpreter), played into the timeline in real time.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -172,5 +174,69 @@ async def test_speech_endpoints_check_the_session() -> None:
             assert "must be JSON" in (await ws.receive_json())["error"]
         await pc.close()
         await pc2.close()
+    finally:
+        await client.close()
+
+
+async def test_offer_body_split_across_tcp_segments_is_read_whole(client) -> None:
+    """Real networks split bodies: the second half arrives after the first was already read."""
+    body = json.dumps({"sdp": "v=0", "type": "answer"}).encode()  # valid JSON, refused for its type
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = f"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body[:10])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(body[10:])
+    await writer.drain()
+    reply = (await asyncio.wait_for(reader.read(4096), 10)).decode()
+    writer.close()
+    assert reply.startswith("HTTP/1.1 400") and "'type' must be 'offer'" in reply, reply
+
+
+async def test_deeply_nested_json_is_a_400(client) -> None:
+    body = "[" * 30_000 + "]" * 30_000  # 60 KB, under the test cap
+    response = await client.post("/offer", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400 and "nested too deeply" in await error_of(response)
+
+
+async def test_token_scheme_is_case_insensitive_and_query_tokens_are_not_logged(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    client, _ = await make_client(token="s3cret")
+    try:
+        ok = await client.get("/sessions/none/stats", headers={"Authorization": "bearer s3cret"})
+        assert ok.status == 404  # past the token check: the session does not exist
+        assert (await client.get("/sessions/none/stats?token=s3cret&x=1")).status == 404
+        assert (await client.get("/sessions/none/stats?TOKEN=wrong")).status == 401
+    finally:
+        await client.close()
+    access = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("token=REDACTED&x=1" in line for line in access), access
+    assert not any("s3cret" in line or "wrong" in line for line in access), access
+
+
+async def test_pushed_pcm_split_inside_a_sample_keeps_every_sample() -> None:
+    client, _ = await make_client()
+    try:
+        pc, sdp = await real_offer(speech=False)
+        sid = (await (await client.post("/offer", json={"sdp": sdp, "type": "offer", "speech": "push"})).json())[
+            "session_id"
+        ]
+
+        async def odd_chunks():  # 16001 samples sent as 3-byte pieces: every piece splits a sample
+            data = b"\x01\x00" * 16_001
+            for i in range(0, len(data), 3 * 4096):
+                yield data[i : i + 3 * 4096]
+
+        reply = await (await client.post(f"/speech/{sid}?rate=16000", data=odd_chunks())).json()
+        assert reply["received_s"] == pytest.approx(16_001 / 16_000, abs=1e-4), reply
+        assert "unpaired_trailing_bytes" not in reply
+        half = await (await client.post(f"/speech/{sid}?rate=16000&interrupt=1", data=b"\0\0\0")).json()
+        assert half["unpaired_trailing_bytes"] == 1, half  # said, not dropped silently
+        async with client.ws_connect(f"/speech/{sid}?rate=16000") as ws:
+            await ws.send_bytes(b"\0\0\0")  # one sample and a half: the half waits for the next message
+            assert (await ws.receive_json())["type"] == "queued"
+            await ws.send_bytes(b"\0")
+            assert (await ws.receive_json())["type"] == "queued"
+        await pc.close()
     finally:
         await client.close()
