@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -37,6 +38,8 @@ from lipsync.client.stage_timer import StageTimer
 from lipsync.client.video_io import FaceSourceInfo, MediaError, Mp4Writer, iter_face_frames, probe_face_source
 
 log = logging.getLogger(__name__)
+
+MAX_STILL_FPS = 120.0  # a still is looped at this rate at most: beyond it the job is only memory and disk
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ class LipSyncConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"--fps must be positive, got {self.fps}")
+        if not math.isfinite(self.fps) or not 0 < self.fps <= MAX_STILL_FPS:
+            raise ValueError(f"--fps must be a frame rate in (0, {MAX_STILL_FPS:g}], got {self.fps}")
         if self.resize_factor < 1:
             raise ValueError(f"--resize_factor must be an integer >= 1, got {self.resize_factor}")
         if self.wav2lip_batch_size < 1:
@@ -194,8 +197,20 @@ def numbered_frames(info: FaceSourceInfo, config: LipSyncConfig) -> Iterator[tup
         index += 1
 
 
+def check_outfile(path: Path) -> None:
+    """Refuse an output path that cannot be written, before any work is done (no traceback later)."""
+    if path.is_dir():
+        raise LipSyncError(f"--outfile {path} is a directory; give a file name such as {path / 'result.mp4'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LipSyncError(f"--outfile {path}: {parent} is a file, not a directory")
+            break
+
+
 def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     started = time.perf_counter()
+    check_outfile(config.outfile)
     timer = StageTimer()
     with timer.stage("audio+mel"):
         info = probe_face_source(config.face, static=config.static, fps=config.fps)

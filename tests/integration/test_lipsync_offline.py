@@ -205,3 +205,29 @@ def test_bad_input_gives_a_clear_error_not_a_traceback(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--fps", "inf"], "--fps must be a frame rate"),
+        (["--fps", "nan"], "--fps must be a frame rate"),
+        (["--fps", "1e9"], "--fps must be a frame rate"),
+        (["--outfile", "{tmp}"], "is a directory"),
+        (["--outfile", "{tmp}/plain.txt/out.mp4"], "is a file, not a directory"),
+    ],
+)
+def test_bad_flags_give_a_clear_error_not_a_traceback(
+    inputs: dict, tiny_checkpoint: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    (tmp_path / "plain.txt").write_text("not a folder")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    if "--outfile" not in flags:
+        flags += ["--outfile", str(tmp_path / "x.mp4")]
+    result = run_lipsync(
+        "--face", str(inputs["video"].parent / "face.mp4"), "--audio", str(inputs["video"].parent / "speech.m4a"),
+        "--checkpoint_path", str(tiny_checkpoint), *flags,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr, result.stderr
