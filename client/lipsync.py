@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -35,7 +36,14 @@ from lipsync.client.compositing import Compositor
 from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from lipsync.client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
 from lipsync.client.stage_timer import StageTimer
-from lipsync.client.video_io import FaceSourceInfo, MediaError, Mp4Writer, iter_face_frames, probe_face_source
+from lipsync.client.video_io import (
+    FaceSourceInfo,
+    MediaError,
+    Mp4Writer,
+    iter_face_frames,
+    probe_face_source,
+    trim_audio_to_video,
+)
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +312,8 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         bar.close()
         with timer.stage("encode"):
             writer.close()
+            if report.interrupted:  # the soundtrack was written whole: cut it where the video stops
+                trim_audio_to_video(config.outfile, report.frames / fps)
         backend.close()
         compositor.close()
         report.frames_default_mouth = compositor.stats.default_shape_frames
@@ -323,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (a service manager, a container stop) ends the job as Ctrl-C does: the file is finished."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -335,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MediaError, AudioError, BackendError, FileNotFoundError, ValueError, LipSyncError) as exc:
         print(f"lipsync: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the first frame: there is no file worth keeping
+        print("lipsync: interrupted before any frame was written", file=sys.stderr)
+        return 130
     write_resolved_config(config, config.outfile.with_suffix(".json"), {"report": report.__dict__})
     if not args.quiet:
         print(

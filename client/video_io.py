@@ -7,6 +7,7 @@ exceptions that name the file.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -117,6 +118,29 @@ def fps_fraction(fps: float) -> Fraction:
         if abs(float(exact) - fps) < 1e-3:
             return exact
     return Fraction(fps).limit_denominator(1001)
+
+
+def trim_audio_to_video(path: str | Path, seconds: float) -> None:
+    """Drop the audio packets of an MP4 that start at or after `seconds` (a remux: nothing re-encoded).
+
+    An interrupted job wrote the whole soundtrack up front but only some of the frames; a player
+    would show a frozen last frame for the rest of the speech.
+    """
+    path = Path(path)
+    trimmed = path.with_name(path.stem + ".trimming" + path.suffix)
+    with av.open(str(path)) as source, av.open(str(trimmed), mode="w", format="mp4") as target:
+        for key, value in source.metadata.items():
+            target.metadata[key] = value
+        streams = {s.index: target.add_stream_from_template(s) for s in source.streams if s.type in ("video", "audio")}
+        for packet in source.demux():
+            if packet.dts is None or packet.stream.index not in streams:
+                continue  # the demuxer's end-of-stream marker
+            if packet.stream.type == "audio" and packet.pts is not None:
+                if float(packet.pts * packet.stream.time_base) >= seconds:
+                    continue
+            packet.stream = streams[packet.stream.index]
+            target.mux(packet)
+    os.replace(trimmed, path)
 
 
 class Mp4Writer:

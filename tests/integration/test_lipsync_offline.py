@@ -231,3 +231,38 @@ def test_bad_flags_give_a_clear_error_not_a_traceback(
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert message in result.stderr, result.stderr
+
+
+def test_sigterm_mid_job_leaves_a_playable_file_with_audio_cut_to_the_video(
+    inputs: dict, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A stopped job keeps what it made: the MP4 is finished and its audio ends where its frames do."""
+    import signal
+    import time
+
+    import av
+
+    long_speech = tmp_path / "long.m4a"
+    write_audio(long_speech, speech_like(60.0))  # a minute of audio: the job is far from done when stopped
+    out = tmp_path / "stopped.mp4"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "lipsync.client.lipsync", "--quiet", "--face", str(inputs["video"]),
+         "--audio", str(long_speech), "--outfile", str(out), "--checkpoint_path", str(tiny_checkpoint),
+         "--wav2lip_batch_size", "8"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(12)
+    assert job.poll() is None, "the job ended before it could be stopped"
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+        rate = audio.rate
+    video_s, audio_s = frames / FPS, samples / rate
+    assert 0 < frames < 60 * FPS, frames
+    assert abs(audio_s - video_s) < 0.1, (audio_s, video_s)  # AAC frames are 21 ms; the cut is packet-exact
