@@ -69,11 +69,16 @@ class GatewayConfig:
         "offer 127.0.0.1 as an ICE host candidate (loopback tests, same-host peers)", default=False
     )
     session_idle_s: float = _opt("close a session whose peer sent nothing for this long", default=30.0)
+    connect_timeout_s: float = _opt(
+        "close a session whose peer has not connected (ICE + DTLS) this long after its offer", default=15.0
+    )
     log_level: str = _opt("logging level", default="INFO")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not 0 < self.connect_timeout_s <= 300:
+            raise ValueError(f"connect_timeout_s must be in (0, 300], got {self.connect_timeout_s}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 1 <= self.fps <= 60:

@@ -91,6 +91,8 @@ class Gateway:
         self.peers: dict[str, PeerSession] = {}
         self._pending_offers = 0
         self._tasks: set[asyncio.Task] = set()
+        # One watchdog per session until its peer connects; cancelled when the session closes.
+        self._connect_deadlines: dict[str, asyncio.Task] = {}
         self.presenter: PresenterSource | None = None
         if config.presenter_image:
             self.presenter = PresenterSource.from_image(config.presenter_image)
@@ -173,6 +175,10 @@ class Gateway:
         return peer
 
     async def close_session(self, session_id: str) -> None:
+        deadline = self._connect_deadlines.pop(session_id, None)
+        if deadline is not None and deadline is not asyncio.current_task():
+            deadline.cancel()
+            await asyncio.gather(deadline, return_exceptions=True)
         peer = self.peers.pop(session_id, None)
         if peer is None:
             return
@@ -278,9 +284,13 @@ class Gateway:
             else:
                 session.drain_track(track)  # a presenter session has its face on the server
 
+        connected = asyncio.Event()
+
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             logger.info("peer connection %s", pc.connectionState, extra=log)
+            if pc.connectionState == "connected":
+                connected.set()
             if pc.connectionState == "connected" and options.mode == "presenter" and self.presenter is not None:
                 session.run_presenter(self.presenter)
             elif pc.connectionState in ("failed", "closed"):
@@ -306,11 +316,29 @@ class Gateway:
             logger.info("offer refused: %s", exc, extra=log)
             raise ApiError(400, f"cannot use this offer: {exc}") from exc
         self.peers[session.id] = PeerSession(session, pc)
+        self._watch_connection(session.id, connected)
         logger.info("session opened (%s speech, %s video)", options.speech, options.mode, extra=log)
         return web.json_response(
             {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session.id},
             headers={"Location": f"/sessions/{session.id}"},
         )
+
+    def _watch_connection(self, session_id: str, connected: asyncio.Event) -> None:
+        """Close the session if its peer has not connected in time: an offer that never completes ICE
+        (no candidates, or checks answered but no route confirmed) must not hold a session slot."""
+        timeout = self.config.connect_timeout_s
+
+        async def expire() -> None:
+            try:
+                await asyncio.wait_for(connected.wait(), timeout)
+            except TimeoutError:
+                logger.info("peer did not connect within %g s: closing", timeout, extra={"session_id": session_id})
+                self.observer.rejected("connect_timeout")
+                await self.close_session(session_id)
+            finally:
+                self._connect_deadlines.pop(session_id, None)
+
+        self._connect_deadlines[session_id] = asyncio.create_task(expire(), name=f"connect-deadline-{session_id}")
 
     async def _on_idle(self, session: Session) -> None:
         self._spawn(self.close_session(session.id), f"close-{session.id}")

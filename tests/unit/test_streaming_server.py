@@ -240,3 +240,26 @@ async def test_pushed_pcm_split_inside_a_sample_keeps_every_sample() -> None:
         await pc.close()
     finally:
         await client.close()
+
+
+async def test_an_offer_that_never_connects_releases_its_session() -> None:
+    """The offerer takes the answer but never connects: the slot comes back after the set-up deadline."""
+    client, gateway = await make_client(connect_timeout_s=0.5, max_sessions=1)
+    try:
+        pc, sdp = await real_offer()
+        first = await client.post("/offer", json={"sdp": sdp, "type": "offer"})
+        assert first.status == 200  # the answer is never applied: ICE cannot complete
+        pc2, sdp2 = await real_offer()
+        assert (await client.post("/offer", json={"sdp": sdp2, "type": "offer"})).status == 503
+        for _ in range(40):
+            if not gateway.peers:
+                break
+            await asyncio.sleep(0.1)
+        assert gateway.peers == {} and (await (await client.get("/healthz")).json())["sessions"] == 0
+        assert (await client.post("/offer", json={"sdp": sdp2, "type": "offer"})).status == 200
+        metrics = await (await client.get("/metrics")).text()
+        assert 'lipsync_requests_rejected_total{reason="connect_timeout"} 1.0' in metrics
+        await pc.close()
+        await pc2.close()
+    finally:
+        await client.close()
