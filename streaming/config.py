@@ -45,8 +45,8 @@ class GatewayConfig:
     max_sessions: int = _opt("concurrent sessions; more get 503", default=4)
     max_request_bytes: int = _opt("largest /offer body", default=128 * 1024)
     max_sdp_bytes: int = _opt("largest SDP inside an offer", default=64 * 1024)
-    max_frame_width: int = _opt("wider incoming video frames are dropped and counted", default=1920)
-    max_frame_height: int = _opt("taller incoming video frames are dropped and counted", default=1080)
+    max_frame_width: int = _opt("wider incoming video frames are scaled down to fit and counted", default=1920)
+    max_frame_height: int = _opt("taller incoming video frames are scaled down to fit and counted", default=1080)
     max_speech_seconds: float = _opt(
         "pushed speech queued ahead of playback per session; more is refused", default=60.0
     )

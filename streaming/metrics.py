@@ -39,6 +39,7 @@ class SessionStats:
     out_times: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     faces_lost: int = 0
     audio_underruns: int = 0
+    downscaled: int = 0  # incoming frames over the size limit, scaled down to fit
     delay_ms: float = 0.0
 
     def fps(self) -> float:
@@ -67,6 +68,7 @@ class SessionStats:
             "frames_out": self.frames_out,
             "outcomes": dict(self.outcomes),
             "dropped": dict(self.drops),
+            "frames_downscaled": self.downscaled,
             "faces_lost": self.faces_lost,
             "audio_underruns": self.audio_underruns,
             "queues": dict(self.queues),
@@ -89,6 +91,9 @@ class GatewayObserver:
         self._dropped = PromCounter("lipsync_dropped_frames", "Video frames dropped", ["reason"], registry=r)
         self._frames = PromCounter("lipsync_frames", "Video frames sent, by outcome", ["outcome"], registry=r)
         self._faces_lost = PromCounter("lipsync_faces_lost", "Times a tracked face was lost", registry=r)
+        self._downscaled = PromCounter(
+            "lipsync_frames_downscaled", "Incoming frames over the size limit, scaled down", registry=r
+        )
         self._underruns = PromCounter(
             "lipsync_audio_underruns", "Outgoing audio frames filled with silence", registry=r
         )
@@ -131,6 +136,11 @@ class GatewayObserver:
         self._dropped.labels(reason).inc(n)
         if (stats := self.sessions.get(session_id)) is not None:
             stats.drops[reason] += n
+
+    def downscaled(self, session_id: str) -> None:
+        self._downscaled.inc()
+        if (stats := self.sessions.get(session_id)) is not None:
+            stats.downscaled += 1
 
     def frame_sent(self, session_id: str, outcome: str, when: float) -> None:
         self._frames.labels(outcome).inc()

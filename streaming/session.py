@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from lipsync.client.compositing import Compositor
@@ -312,17 +313,28 @@ class Session:
         await self._track.warmed.wait()
 
     # -- inputs
+    def working_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size a frame over max_frame_width x max_frame_height is scaled down to (aspect kept,
+        even sides for the encoder), or None when it fits."""
+        limit_w, limit_h = self.config.max_frame_width, self.config.max_frame_height
+        if width <= limit_w and height <= limit_h:
+            return None
+        scale = min(limit_w / width, limit_h / height)
+        return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
     def submit_video(self, image: np.ndarray, arrived: float | None = None, pts: int | None = None) -> bool:
-        """Queue a BGR picture captured at clock `pts` (default: now) for tracking; False if refused."""
-        h, w = image.shape[:2]
-        if (
-            image.ndim != 3
-            or image.shape[2] != 3
-            or w > self.config.max_frame_width
-            or h > self.config.max_frame_height
-        ):
+        """Queue a BGR picture captured at clock `pts` (default: now) for tracking; False if refused.
+
+        A picture over the size limit is scaled down to fit (a 1440p camera still gets its face back,
+        smaller) and counted as `downscaled`; one that is not a BGR picture is dropped and counted.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
             self.observer.dropped(self.id, "bad_size")
             return False
+        size = self.working_size(image.shape[1], image.shape[0])
+        if size is not None:
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            self.observer.downscaled(self.id)
         pts = self.clock.now() if pts is None else max(pts, 0)
         frame = VideoFrame(pts, image, self._frames_in, arrived or time.monotonic())
         self._frames_in += 1
@@ -351,9 +363,6 @@ class Session:
                 if previous is not None:
                     interval += 0.1 * (min(max(arrived - previous, 0.0), 0.1) - interval)
                 previous = arrived
-                if frame.width > self.config.max_frame_width or frame.height > self.config.max_frame_height:
-                    self.observer.dropped(self.id, "bad_size")
-                    continue
                 at = sender.seconds(frame.pts, frame.time_base)
                 by_arrival = self.clock.now() - int(interval * CLOCK_RATE)
                 if at is None:
@@ -364,7 +373,12 @@ class Session:
                     if anchor is None or candidate < anchor or candidate - anchor > 2 * CLOCK_RATE:
                         anchor = candidate
                     pts = anchor + int(at * CLOCK_RATE)
-                image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24"))
+                # An oversized frame is scaled while it is converted (libswscale, one pass).
+                size = self.working_size(frame.width, frame.height)
+                scale = {} if size is None else {"width": size[0], "height": size[1]}
+                image = await loop.run_in_executor(None, functools.partial(frame.to_ndarray, format="bgr24", **scale))
+                if size is not None:
+                    self.observer.downscaled(self.id)
                 self.submit_video(image, arrived, pts)
 
         self._spawn(self._until_track_ends(run), "video-in")

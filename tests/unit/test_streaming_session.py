@@ -141,14 +141,18 @@ async def test_backend_down_passes_frames_through_and_recovers() -> None:
     assert any(o.outcome == "generated" for o in second[-10:])
 
 
-async def test_frames_over_the_size_limit_are_dropped_and_counted() -> None:
+async def test_frames_over_the_size_limit_are_scaled_down_and_counted() -> None:
     face = astronaut_bgr()
     session, observer = make_session(GreyMouthBackend(), KnownFaceProcessor(face), max_frame_width=640,
                                      max_frame_height=512)  # fmt: skip
     try:
-        assert not session.submit_video(np.zeros((720, 1280, 3), np.uint8))
+        assert session.working_size(2560, 1440) == (640, 360)  # aspect kept, both sides within the limit
+        assert session.working_size(640, 512) is None
+        assert session.submit_video(np.zeros((1440, 2560, 3), np.uint8))  # a 1440p camera: kept, smaller
         assert not session.submit_video(np.zeros((48, 64), np.uint8))  # not a BGR picture
         assert session.submit_video(face)
-        assert observer.sessions[session.id].drops["bad_size"] == 2
+        stats = observer.sessions[session.id]
+        assert stats.drops["bad_size"] == 1 and stats.downscaled == 1
+        assert stats.summary()["frames_downscaled"] == 1
     finally:
         await session.aclose()
