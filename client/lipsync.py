@@ -48,6 +48,31 @@ from lipsync.client.video_io import (
 log = logging.getLogger(__name__)
 
 MAX_STILL_FPS = 120.0  # a still is looped at this rate at most: beyond it the job is only memory and disk
+# H.264's largest level (6.2) holds 139,264 macroblocks: 8192x4320. Larger output cannot be encoded.
+MAX_OUTPUT_PIXELS = 8192 * 4320
+MAX_INPUT_PIXELS = 100_000_000  # one decoded frame of this is 300 MB of BGR before anything else
+# Frames held at once (input, output) are bounded by pixels, not count: 128 frames of 1080p.
+BATCH_PIXELS = 128 * 1920 * 1080
+
+
+def frames_per_batch(width: int, height: int, requested: int) -> int:
+    """--wav2lip_batch_size, lowered so that one batch of frames this size stays within BATCH_PIXELS."""
+    return max(1, min(requested, BATCH_PIXELS // max(width * height, 1)))
+
+
+def check_frame_size(info: FaceSourceInfo, width: int, height: int) -> None:
+    """Refuse sizes that would exhaust memory or that H.264 cannot encode, saying what to pass instead."""
+    if info.width * info.height > MAX_INPUT_PIXELS:
+        raise LipSyncError(
+            f"{info.path} is {info.width}x{info.height} ({info.width * info.height / 1e6:.0f} MP): over the "
+            f"{MAX_INPUT_PIXELS / 1e6:.0f} MP this command decodes; scale it down first"
+        )
+    if width * height > MAX_OUTPUT_PIXELS:
+        factor = math.ceil(math.sqrt(width * height / MAX_OUTPUT_PIXELS))
+        raise LipSyncError(
+            f"output of {width}x{height} is larger than H.264 can encode (8192x4320 at most); "
+            f"pass --resize_factor {factor} (or --crop around the face)"
+        )
 
 
 @dataclass(frozen=True)
@@ -231,6 +256,10 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         n_frames = max(1, round(len(wav) / contract.SAMPLE_RATE * fps))
         windows = mel_windows(melspectrogram(wav), fps, n_frames)
     width, height = output_size(info, config)
+    check_frame_size(info, width, height)
+    batch_size = frames_per_batch(width, height, config.wav2lip_batch_size)
+    if batch_size < config.wav2lip_batch_size:
+        log.info("frames of %dx%d: %d per batch to bound memory", width, height, batch_size)
     report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
     report.audio_seconds = len(wav) / contract.SAMPLE_RATE
 
@@ -255,8 +284,8 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     try:
         with timer.stage("audio encode"):
             writer.write_audio_from(config.audio, n_frames / fps)
-        for start in range(0, n_frames, config.wav2lip_batch_size):
-            count = min(config.wav2lip_batch_size, n_frames - start)
+        for start in range(0, n_frames, batch_size):
+            count = min(batch_size, n_frames - start)
             batch_frames: list[np.ndarray] = []
             regions: list[CropRegion | None] = []
             with timer.stage("decode"):

@@ -266,3 +266,21 @@ def test_sigterm_mid_job_leaves_a_playable_file_with_audio_cut_to_the_video(
     video_s, audio_s = frames / FPS, samples / rate
     assert 0 < frames < 60 * FPS, frames
     assert abs(audio_s - video_s) < 0.1, (audio_s, video_s)  # AAC frames are 21 ms; the cut is packet-exact
+
+
+def test_frame_size_bounds_memory_and_refuses_what_h264_cannot_encode(
+    inputs: dict, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from lipsync.client.lipsync import BATCH_PIXELS, frames_per_batch
+
+    assert frames_per_batch(1920, 1080, 128) == 128
+    assert frames_per_batch(8000, 6000, 128) == BATCH_PIXELS // (8000 * 6000) == 5  # not 128 x 144 MB
+    assert frames_per_batch(20000, 20000, 128) == 1
+    huge = tmp_path / "huge.png"
+    cv2.imwrite(str(huge), np.zeros((5000, 9000, 3), np.uint8))  # 45 MP: over H.264's 8192x4320
+    result = run_lipsync(
+        "--face", str(huge), "--audio", str(inputs["audio"]), "--outfile", str(tmp_path / "x.mp4"),
+        "--checkpoint_path", str(tiny_checkpoint),
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pass --resize_factor 2" in result.stderr, result.stderr
