@@ -103,6 +103,7 @@ def iter_face_frames(info: FaceSourceInfo) -> Iterator[np.ndarray]:
         image = read_image(info.path) if is_image_file(info.path) else next(iter_video_frames(info.path))
         while True:
             yield image
+    warned = False
     while True:
         produced = 0
         for frame in iter_video_frames(info.path):
@@ -110,6 +111,13 @@ def iter_face_frames(info: FaceSourceInfo) -> Iterator[np.ndarray]:
             yield frame
         if produced == 0:
             raise MediaError(f"no decodable frames in {info.path}")
+        if not warned and produced < 0.9 * info.frame_count:
+            # A file cut short keeps an index that promises more: say so rather than loop quietly.
+            log.warning(
+                "%s declares %d frames but only %d decode (truncated?): the output loops those %d",
+                info.path, info.frame_count, produced, produced,
+            )  # fmt: skip
+            warned = True
 
 
 def fps_fraction(fps: float) -> Fraction:

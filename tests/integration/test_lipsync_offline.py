@@ -284,3 +284,26 @@ def test_frame_size_bounds_memory_and_refuses_what_h264_cannot_encode(
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass --resize_factor 2" in result.stderr, result.stderr
+
+
+def test_a_truncated_video_is_reported_not_looped_silently(inputs: dict, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import av
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:  # index first, as phones write
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        for frame in inputs["clip"].frames * 3:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    result = subprocess.run(
+        [sys.executable, "-m", "lipsync.client.lipsync", "--face", str(cut), "--audio", str(inputs["audio"]),
+         "--outfile", str(tmp_path / "x.mp4"), "--checkpoint_path", str(tiny_checkpoint)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "declares" in result.stderr and "truncated?" in result.stderr, result.stderr[-2000:]
