@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -404,19 +405,34 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     return to_float(data).mean(axis=0)
 
 
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray  # float32 mono in [-1, 1]
+    corrupt_packets: int  # packets that would not decode, each replaced by silence of its length
+    concealed_s: float
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any file PyAV reads (wav, mp3, aac/m4a, ogg/opus, flac, the
-    audio track of a video) -> float32 mono in [-1, 1] at ``sample_rate``.
+    audio track of a video) -> float32 mono in [-1, 1] at ``sample_rate``. See decode_audio."""
+    return decode_audio(path, sample_rate).samples
+
+
+def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> DecodedAudio:
+    """The audio of a file, with a count of the corrupt packets that were concealed.
 
     Channels are averaged per decoded frame; the result is resampled with ``resample``. Encoder
     priming is trimmed where the container says so (mp3 LAME tags, mp4 edit lists); a start offset of
-    the audio track relative to a video track is not applied here. Raises AudioError, naming the file,
-    when it cannot be opened or decoded, has no audio stream or decodes to no samples.
+    the audio track relative to a video track is not applied here. A packet that does not decode is
+    replaced by silence of its length, so everything after it keeps its time (lip sync depends on
+    it), and counted. Raises AudioError, naming the file, when it cannot be opened, has no audio
+    stream or decodes to no samples.
     """
     path = Path(path)
     out_rate = check_rate(sample_rate, "output sample rate")
     pieces: list[np.ndarray] = []
     in_rate = None
+    corrupt, concealed, last_samples = 0, 0, 0
     if path.is_file() and path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
@@ -424,17 +440,34 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             if not container.streams.audio:
                 raise AudioError(f"{path}: no audio stream (streams: {[s.type for s in container.streams]})")
             stream = container.streams.audio[0]
-            for frame in container.decode(stream):
-                if in_rate is None:
-                    in_rate = frame.sample_rate
-                elif frame.sample_rate != in_rate:
-                    raise AudioError(f"{path}: sample rate changes mid-stream ({in_rate} -> {frame.sample_rate} Hz)")
-                pieces.append(frame_to_mono(frame))
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    corrupt += 1
+                    seconds = float(packet.duration * stream.time_base) if packet.duration and stream.time_base else 0
+                    rate = in_rate or stream.rate or out_rate
+                    gap = int(round(seconds * rate)) if seconds else last_samples
+                    pieces.append(np.zeros(gap, np.float32))
+                    concealed += gap
+                    continue
+                for frame in frames:
+                    if in_rate is None:
+                        in_rate = frame.sample_rate
+                    elif frame.sample_rate != in_rate:
+                        raise AudioError(
+                            f"{path}: sample rate changes mid-stream ({in_rate} -> {frame.sample_rate} Hz)"
+                        )
+                    pieces.append(frame_to_mono(frame))
+                    last_samples = frame.samples
     except (av.FFmpegError, OSError) as exc:
         raise AudioError(f"{path}: cannot decode audio: {exc}") from exc
     mono = np.concatenate(pieces) if pieces else np.zeros(0)
-    if mono.size == 0:
-        raise AudioError(f"{path}: the audio stream decodes to no samples")
+    if mono.size == concealed:  # nothing real decoded
+        raise AudioError(f"{path}: the audio stream decodes to no samples ({corrupt} corrupt packets)")
     check_finite(mono, str(path))
+    rate = check_rate(in_rate, f"{path}: sample rate")
+    if corrupt:
+        logger.warning("%s: %d corrupt audio packets replaced by %.2f s of silence", path, corrupt, concealed / rate)
     logger.debug("decoded %s: %d samples at %d Hz", path, mono.size, in_rate)
-    return clip_to_float32(resample(mono, check_rate(in_rate, f"{path}: sample rate"), out_rate))
+    return DecodedAudio(clip_to_float32(resample(mono, rate, out_rate)), corrupt, concealed / rate)

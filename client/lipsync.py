@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lipsync.client import contract
-from lipsync.client.audio import AudioError, load_audio, mel_windows, melspectrogram
+from lipsync.client.audio import AudioError, decode_audio, mel_windows, melspectrogram
 from lipsync.client.backends import (
     BACKEND_NAMES,
     DEFAULT_CHECKPOINT,
@@ -150,6 +150,8 @@ class LipSyncReport:
     frames_without_face: int = 0
     frames_passed_through: int = 0  # the backend failed for these; written unchanged
     frames_default_mouth: int = 0  # blend "mouth" without landmarks: the mask drawn where a mouth usually is
+    audio_corrupt_packets: int = 0  # replaced by silence of their length, so sync holds after them
+    audio_concealed_seconds: float = 0.0
     audio_seconds: float = 0.0
     fps: float = 0.0
     width: int = 0
@@ -248,7 +250,8 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     with timer.stage("audio+mel"):
         info = probe_face_source(config.face, static=config.static, fps=config.fps)
         fps = config.fps if info.is_still else info.fps
-        wav = load_audio(config.audio)
+        decoded = decode_audio(config.audio)
+        wav = decoded.samples
         if not np.isfinite(wav).all():
             raise AudioError(f"{config.audio} decodes to NaN/inf samples")
         # One frame per 1/fps of audio, so the video lasts as long as the soundtrack. (The original stopped
@@ -262,6 +265,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         log.info("frames of %dx%d: %d per batch to bound memory", width, height, batch_size)
     report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
     report.audio_seconds = len(wav) / contract.SAMPLE_RATE
+    report.audio_corrupt_packets, report.audio_concealed_seconds = decoded.corrupt_packets, decoded.concealed_s
 
     with timer.stage("load model"):
         backend = choose_backend(config)
@@ -394,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
             f"(passed through), {report.frames_passed_through} passed through after backend errors"
         )
+        if report.audio_corrupt_packets:
+            print(
+                f"audio: {report.audio_corrupt_packets} corrupt packets replaced by "
+                f"{report.audio_concealed_seconds:.2f} s of silence"
+            )
         if report.frames_default_mouth:
             print(
                 f"blend: no face landmarks on {report.frames_default_mouth} frames; "

@@ -81,20 +81,38 @@ def probe_face_source(path: str | Path, *, static: bool = False, fps: float = 25
 
 
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode every frame of a video as BGR uint8; a corrupt packet mid-file ends the stream with a warning."""
+    """Decode every frame of a video as BGR uint8.
+
+    A packet that does not decode is skipped, its frame replaced by the last good one (so the
+    frames after it keep their time) and counted in a warning; another decoding error ends the
+    stream with a warning.
+    """
     path = Path(path)
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
         raise MediaError(f"cannot read video {path}: {exc}") from exc
+    corrupt = 0
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        last = None
         try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="bgr24")
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    corrupt += 1
+                    if last is not None and packet.size:
+                        yield last
+                    continue
+                for frame in frames:
+                    last = frame.to_ndarray(format="bgr24")
+                    yield last
         except av.FFmpegError as exc:
             log.warning("decoding %s stopped early: %s", path, exc)
+    if corrupt:
+        log.warning("%s: %d corrupt video packets, each replaced by the frame before it", path, corrupt)
 
 
 def iter_face_frames(info: FaceSourceInfo) -> Iterator[np.ndarray]:
@@ -204,15 +222,32 @@ class Mp4Writer:
         limit = int(round(max_seconds * 48000))
         written = 0
         with av.open(str(audio_path)) as source:
-            for frame in source.decode(audio=0):
-                frame.pts = None
-                for out in resampler.resample(frame):
-                    written = self._encode_audio(stream, out, written, limit)
+            audio = source.streams.audio[0]
+            for packet in source.demux(audio):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:  # a corrupt packet: silence of its length keeps sync
+                    seconds = float(packet.duration * audio.time_base) if packet.duration and audio.time_base else 0.0
+                    written = self._encode_silence(stream, written, int(round(seconds * 48000)), limit)
+                    continue
+                for frame in frames:
+                    frame.pts = None
+                    for out in resampler.resample(frame):
+                        written = self._encode_audio(stream, out, written, limit)
             for out in resampler.resample(None):
                 written = self._encode_audio(stream, out, written, limit)
         for packet in stream.encode(None):
             self._container.mux(packet)
         return written / 48000
+
+    def _encode_silence(self, stream: av.AudioStream, written: int, samples: int, limit: int) -> int:
+        for start in range(0, samples, 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((2, min(1024, samples - start)), np.float32), format="fltp", layout="stereo"
+            )
+            frame.sample_rate = 48000
+            written = self._encode_audio(stream, frame, written, limit)
+        return written
 
     def _encode_audio(self, stream: av.AudioStream, frame: av.AudioFrame, written: int, limit: int) -> int:
         if written >= limit:

@@ -307,3 +307,47 @@ def test_a_truncated_video_is_reported_not_looped_silently(inputs: dict, tiny_ch
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "declares" in result.stderr and "truncated?" in result.stderr, result.stderr[-2000:]
+
+
+def test_one_corrupt_audio_packet_is_concealed_not_fatal(inputs: dict, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A bad packet in the middle of an AAC stream: silence of its length, the rest keeps its time."""
+    import av
+
+    from lipsync.client.audio import decode_audio, load_audio
+
+    rate, seconds = 16_000, 3.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    good = tmp_path / "speech.aac"
+    with av.open(str(good), "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(tone[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for out in av.AudioResampler(format="fltp", layout="mono", rate=rate).resample(frame):
+            for packet in stream.encode(out):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 40] = bytes(b ^ 0xFF for b in data[middle : middle + 40])
+    bad = tmp_path / "corrupt_packet.aac"
+    bad.write_bytes(bytes(data))
+    with av.open(str(bad)) as container, pytest.raises(av.error.InvalidDataError):
+        for _ in container.decode(audio=0):  # the plain decode loop gives up on the whole file
+            pass
+    decoded = decode_audio(bad)
+    assert decoded.corrupt_packets >= 1 and 0 < decoded.concealed_s < 0.5, decoded
+    assert abs(len(decoded.samples) - len(load_audio(good))) <= 1024  # same length: time kept after the gap
+    out = tmp_path / "out.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "lipsync.client.lipsync", "--face", str(inputs["video"]), "--audio", str(bad),
+         "--outfile", str(out), "--checkpoint_path", str(tiny_checkpoint)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "corrupt packets replaced by" in result.stdout, result.stdout
+    with av.open(str(out)) as container:
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert abs(samples / 48_000 - seconds) < 0.1
