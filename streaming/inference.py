@@ -20,6 +20,13 @@ from lipsync.streaming.metrics import GatewayObserver
 logger = logging.getLogger(__name__)
 
 
+# Consecutive failed requests after which the gateway reports inference down (a dead model process
+# behind a server that still says ready shows up as timeouts, one per frame: 0.2 s at 25 fps).
+FAILURES_BEFORE_DOWN = 5
+# /healthz sends its own request when no request was answered for this long (an idle gateway).
+PROBE_AFTER_S = 5.0
+
+
 class FrameInference:
     """Sends frames to the backend, at most `limit` at a time across all sessions.
 
@@ -49,6 +56,9 @@ class FrameInference:
         self.in_flight = 0
         self._slot_freed = asyncio.Event()
         self._service_s = 0.0  # moving average of the time an answer takes
+        # Whether inference really answers (a server can report ready while its model process is dead):
+        self.last_answer: float | None = None  # time.monotonic() of the latest request answered in time
+        self.failures_in_a_row = 0  # timeouts, errors and refusals since then
 
     async def warm_up(self, max_batch: int = 8, rounds: int = 2) -> None:
         """Send 1..max_batch concurrent requests, so the first live frames meet no cold batch shapes.
@@ -67,7 +77,10 @@ class FrameInference:
                     *(self.backend.infer_async(mel, face) for _ in range(n)), return_exceptions=True
                 )
                 errors = [r for r in results if isinstance(r, BaseException)]
+                if len(errors) < len(results):
+                    self._answered()
                 if any(isinstance(e, BackendUnavailable) for e in errors):
+                    self.failures_in_a_row += 1
                     logger.warning("backend warm-up stopped: %s", errors[0])
                     self._down_until = time.monotonic() + self._retry
                     return
@@ -78,6 +91,29 @@ class FrameInference:
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    @property
+    def answering(self) -> bool:
+        """True once a request was answered and fewer than FAILURES_BEFORE_DOWN have failed since."""
+        return self.last_answer is not None and self.failures_in_a_row < FAILURES_BEFORE_DOWN
+
+    async def probe(self, timeout_s: float = 2.0) -> bool:
+        """One real request with a deadline: what a health check asks when no frame has asked lately."""
+        mel = np.zeros((1, *contract.MEL_INPUT.shape), np.float32)
+        face = np.zeros((1, *contract.FACE_INPUT.shape), np.float32)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.backend.infer_async(mel, face)
+        except (TimeoutError, BackendError, ValueError) as exc:
+            self.failures_in_a_row += 1
+            logger.info("inference probe failed: %s", exc or "no answer in time")
+            return False
+        self._answered()
+        return True
+
+    def _answered(self) -> None:
+        self.last_answer = time.monotonic()
+        self.failures_in_a_row = 0
 
     async def generate(self, mel: np.ndarray, face: np.ndarray, deadline: float) -> tuple[np.ndarray | None, str]:
         """(generated (3,96,96) float32 or None, outcome) for one frame's (80,16) mel and (6,96,96) face.
@@ -100,6 +136,7 @@ class FrameInference:
             logger.debug("inference took over its %.0f ms budget", 1000 * budget)
             self._observer.backend_error("timeout")
             self._slower()
+            self.failures_in_a_row += 1
             return None, "timeout"
         except BackendUnavailable as exc:
             if self.available:
@@ -111,15 +148,18 @@ class FrameInference:
                 )
             self._down_until = time.monotonic() + self._retry
             self._observer.backend_error("unavailable")
+            self.failures_in_a_row += 1
             return None, "backend_unavailable"
         except (BackendError, ValueError) as exc:
             logger.warning("inference failed: %s", exc)
             self._observer.backend_error("error")
             self._slower()
+            self.failures_in_a_row += 1
             return None, "error"
         finally:
             self.in_flight -= 1
             self._slot_freed.set()
+        self._answered()
         self._service_s += 0.1 * (time.monotonic() - sent - self._service_s)
         self.limit = min(float(self._max_in_flight), self.limit + 1.0 / self.limit)
         return out[0], "generated"

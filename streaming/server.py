@@ -36,7 +36,7 @@ from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
 from lipsync.streaming.config import GatewayConfig, parse_args
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
-from lipsync.streaming.inference import FrameInference
+from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
 from lipsync.streaming.metrics import GatewayObserver
 from lipsync.streaming.presenter import PresenterSource
 from lipsync.streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
@@ -190,9 +190,21 @@ class Gateway:
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, _request: web.Request) -> web.Response:
+        """200 when inference answers, 503 ("degraded") when it does not: the gateway then still
+        serves, passing faces through, but a load balancer should send new sessions elsewhere."""
+        inference = self.inference
+        if inference is not None and inference.in_flight == 0:
+            stale = inference.last_answer is None or time.monotonic() - inference.last_answer > PROBE_AFTER_S
+            if stale or not inference.answering:  # nothing asked lately: ask, with a deadline
+                await inference.probe()
+        answering = bool(inference and inference.answering)
+        last = inference.last_answer if inference else None
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if answering else "degraded",
+                "inference_answering": answering,
+                "last_answer_s_ago": round(time.monotonic() - last, 1) if last is not None else None,
+                "failed_requests_in_a_row": inference.failures_in_a_row if inference else None,
                 "sessions": len(self.peers),
                 "max_sessions": self.config.max_sessions,
                 "backend": self._backend.name if self._backend else None,
@@ -202,7 +214,8 @@ class Gateway:
                 ),
                 "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_SOURCES},
                 "presenter": self.presenter is not None,
-            }
+            },
+            status=200 if answering else 503,
         )
 
     async def metrics(self, _request: web.Request) -> web.Response:

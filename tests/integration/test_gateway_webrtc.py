@@ -351,12 +351,16 @@ async def test_video_passes_through_while_triton_is_down(gateway_repository) -> 
                 await loop.run_in_executor(None, server.stop)
                 stopped = loop.time()
                 await asyncio.sleep(3.0)
+                async with aiohttp.ClientSession() as http, http.get(f"{running.url}/healthz") as resp:
+                    down_health = (resp.status, await resp.json())
                 restarted = loop.time()
                 await loop.run_in_executor(None, server.start)
                 await loop.run_in_executor(None, server.wait_ready)
                 ready = loop.time()
                 await asyncio.sleep(4.0 + gateway_config().delay_ms() / 1000)
                 stats = await client.stats()
+                async with aiohttp.ClientSession() as http, http.get(f"{running.url}/healthz") as resp:
+                    up_health = (resp.status, await resp.json())
         finally:
             await running.runner.cleanup()
     changes = mouth_changes(client, clip, loop=True)
@@ -370,3 +374,6 @@ async def test_video_passes_through_while_triton_is_down(gateway_repository) -> 
     back = [d for i, d in changes.items() if ready + 1.0 <= sent[i] <= ready + 4.0]
     assert (np.array(back) > CHANGED).sum() > FPS // 2, (np.round(back, 1), stats)
     assert stats["outcomes"].get("backend_unavailable", 0) > 0, stats
+    # /healthz tells the outage and the recovery: inference itself is asked, not server readiness.
+    assert down_health[0] == 503 and down_health[1]["status"] == "degraded", down_health
+    assert up_health[0] == 200 and up_health[1]["inference_answering"], up_health

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection
@@ -261,5 +263,38 @@ async def test_an_offer_that_never_connects_releases_its_session() -> None:
         assert 'lipsync_requests_rejected_total{reason="connect_timeout"} 1.0' in metrics
         await pc.close()
         await pc2.close()
+    finally:
+        await client.close()
+
+
+async def test_health_says_whether_inference_really_answers() -> None:
+    """Started while the backend is down: degraded (503); back up: ok; answering but never in time (a
+    dead model process behind a server that still says ready): degraded again."""
+    from lipsync.client.backends.base import BackendError
+
+    client, gateway = await make_client()
+    backend = gateway._backend
+    try:
+        backend.down = True
+        gateway.inference.last_answer = None  # as if the warm-up had met the backend down
+        response = await client.get("/healthz")
+        body = await response.json()
+        assert response.status == 503 and body["status"] == "degraded" and not body["inference_answering"], body
+        backend.down = False
+        response = await client.get("/healthz")
+        body = await response.json()
+        assert response.status == 200 and body["inference_answering"] and body["last_answer_s_ago"] < 1.0, body
+
+        async def never(*_args):  # the request is taken and never answered
+            await asyncio.sleep(3600)
+            raise BackendError("unreachable")
+
+        backend.infer_async = never
+        for _ in range(5):  # frames time out one after another
+            await gateway.inference.generate(np.zeros((80, 16), np.float32), np.zeros((6, 96, 96), np.float32),
+                                             deadline=time.monotonic() + 0.05)  # fmt: skip
+        response = await client.get("/healthz")
+        body = await response.json()
+        assert response.status == 503 and body["failed_requests_in_a_row"] >= 5, body
     finally:
         await client.close()
