@@ -55,6 +55,38 @@ def _stop_leftover_servers() -> None:
         server.kill()
 
 
+SHM_DIR = Path("/dev/shm")
+STUB_NAME = "triton_python_backend_stub"
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def process_group(pgid: int) -> list[int]:
+    """The pids of the live processes in a process group (Linux /proc; empty elsewhere)."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def _is_stub(pid: int) -> bool:
+    try:
+        return STUB_NAME in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _shm_regions() -> set[str]:
+    return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")} if SHM_DIR.is_dir() else set()
+
+
 class TritonServerError(RuntimeError):
     """tritonserver could not be found, started, or made ready."""
 
@@ -157,6 +189,9 @@ class EmbeddedTritonServer:
         self._log_thread: threading.Thread | None = None
         self._log_tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
         self._workdir: Path | None = None
+        self._stubs: set[int] = set()  # the model processes of this run, seen once the models were ready
+        self._shm_before: set[str] = set()
+        self._shm_ours: set[str] = set()
 
     @property
     def grpc_url(self) -> str:
@@ -233,6 +268,7 @@ class EmbeddedTritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(dist.libraries), env.get("LD_LIBRARY_PATH")]))
         cmd = self.command(dist, backends)
         log.info("starting %s", " ".join(cmd))
+        self._shm_before, self._stubs = _shm_regions(), set()
         self._log_tail.clear()
         self._process = subprocess.Popen(
             cmd,
@@ -295,6 +331,8 @@ class EmbeddedTritonServer:
                     f"{self.log_tail()}"
                 )
             if self.is_ready():
+                self._stubs = {pid for pid in process_group(self._process.pid) if _is_stub(pid)}
+                self._shm_ours = _shm_regions() - self._shm_before
                 log.info(
                     "tritonserver ready: gRPC %s, HTTP %s, models %s",
                     self.grpc_url,
@@ -306,6 +344,40 @@ class EmbeddedTritonServer:
         tail = self.log_tail()
         self.stop()
         raise TritonServerError(f"tritonserver was not ready after {timeout_s:.0f} s; last log lines:\n{tail}")
+
+    def problem(self) -> str | None:
+        """Why this server cannot answer, or None: the server exited, or a model process (stub) died.
+
+        Triton keeps reporting ready when a Python-backend stub is killed, and every request to that
+        model then times out: readiness alone does not tell, the stub's life does.
+        """
+        if self._process is None:
+            return "tritonserver was not started"
+        code = self._process.poll()
+        if code is not None:
+            return f"tritonserver exited with code {code}"
+        alive = set(process_group(self._process.pid))
+        if dead := sorted(self._stubs - alive):
+            return f"model process (Python-backend stub) {', '.join(map(str, dead))} died"
+        return None
+
+    def reap(self) -> None:
+        """After a crash: kill whatever of the process group is left (an orphaned stub ignores SIGTERM
+        and holds hundreds of MB) and remove the shared-memory regions this run created."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=10)
+            deadline = time.monotonic() + 5
+            while process_group(self._process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for name in self._shm_ours:
+            with contextlib.suppress(OSError):
+                (SHM_DIR / name).unlink()
+        self._stubs, self._shm_ours = set(), set()
+        self._join_log()
+        self._cleanup()
 
     def stop(self) -> int | None:
         """Ask the server to exit (SIGTERM), wait for in-flight requests, kill it if it hangs; return its exit code."""
@@ -326,14 +398,8 @@ class EmbeddedTritonServer:
         return process.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server, as a crash would (tests use this to check client recovery)."""
-        if self._process is not None and self._process.poll() is None:
-            # The Python-backend stubs are in the server's process group; take them down with it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
-        self._join_log()
-        self._cleanup()
+        """SIGKILL the server and its model processes, as a crash would, and clean up after them."""
+        self.reap()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the server process to exit on its own; its exit code, or None on timeout."""
@@ -470,13 +536,48 @@ def main(argv: list[str] | None = None) -> int:
         f"models {', '.join(config.models)}. Ctrl-C to stop.",
         flush=True,
     )
-    while not stop.wait(0.5):
-        if not server.is_running():
-            print(f"lipsync-server: tritonserver exited unexpectedly:\n{server.log_tail()}", file=sys.stderr)
-            server.stop()
+    code = supervise(server, stop)
+    return code if code is not None else (0 if server.stop() in (0, None) else 1)
+
+
+# More restarts than this within RESTART_WINDOW_S is a crash loop: stop and say so.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 120.0
+
+
+def supervise(server: EmbeddedTritonServer, stop: threading.Event, poll_s: float = 0.5) -> int | None:
+    """Watch the server until `stop` is set; restart it (same ports) when it or a model process dies.
+
+    Returns None when asked to stop, 1 when the server crash-loops or cannot be restarted.
+    """
+    restarts: collections.deque[float] = collections.deque()
+    while not stop.wait(poll_s):
+        problem = server.problem()
+        if problem is None:
+            continue
+        now = time.monotonic()
+        while restarts and now - restarts[0] > RESTART_WINDOW_S:
+            restarts.popleft()
+        tail = server.log_tail()
+        server.reap()
+        if len(restarts) >= MAX_RESTARTS:
+            print(
+                f"lipsync-server: {problem}; {len(restarts)} restarts in {RESTART_WINDOW_S:.0f} s, giving up. "
+                f"Last log lines:\n{tail}",
+                file=sys.stderr,
+            )
             return 1
-    code = server.stop()
-    return 0 if code in (0, None) else 1
+        restarts.append(now)
+        log.warning("%s: restarting tritonserver (restart %d)", problem, len(restarts))
+        try:
+            server.start()
+            server.wait_ready()
+        except TritonServerError as exc:
+            print(f"lipsync-server: restart failed: {exc}", file=sys.stderr)
+            server.reap()
+            return 1
+        print(f"tritonserver ready again after: {problem}", flush=True)
+    return None
 
 
 if __name__ == "__main__":

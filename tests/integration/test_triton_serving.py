@@ -4,10 +4,13 @@ requests, clean errors and recovery when the server dies, and the two commands a
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -236,6 +239,70 @@ def test_lipsync_server_command_serves_until_a_signal(triton_repository: Path) -
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_lipsync_server_restarts_a_dead_model_process_or_server_and_leaves_nothing_behind(
+    triton_repository: Path,
+) -> None:
+    """A killed stub (the server still says ready) and a killed tritonserver (the stub orphaned) are
+    both noticed and restarted on the same ports, with no process or shared memory left over."""
+    from lipsync.client.triton_server import SHM_DIR, SHM_PREFIX, _is_stub, process_group
+
+    shm_before = {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
+    command = [sys.executable, "-m", "lipsync.client.triton_server", "--model-repository", str(triton_repository)]
+    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
+    process = subprocess.Popen([*command, *ports], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
+
+    def next_line(timeout: float = 60) -> str:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return "(nothing printed within the timeout)"
+
+    def server_group() -> tuple[int, list[int]]:
+        """(tritonserver pid, its stub pids): the child of lipsync-server that leads its own group."""
+        children = [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+        server = children[0]
+        return server, [pid for pid in process_group(server) if _is_stub(pid)]
+
+    def answers_within(url: str, seconds: float) -> float | None:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            try:
+                with TritonBackend(url, timeout_s=2.0) as backend:
+                    backend.infer(*random_inputs(1))
+                    return time.monotonic() - started
+            except BackendError:
+                time.sleep(0.2)
+        return None
+
+    try:
+        line = next_line(180)
+        assert line.startswith("tritonserver ready: gRPC 127.0.0.1:"), line
+        url = line.split("gRPC ", 1)[1].split()[0]
+        server, stubs = server_group()
+        assert len(stubs) == 1
+        os.kill(stubs[0], signal.SIGKILL)  # the model process dies; tritonserver would go on saying ready
+        again = next_line()
+        assert again.startswith("tritonserver ready again after: model process"), again
+        assert answers_within(url, 10) is not None
+        server2, stubs2 = server_group()
+        assert server2 != server and stubs2 and stubs2[0] not in stubs
+        os.kill(server2, signal.SIGKILL)  # now tritonserver itself: its stub would be orphaned
+        again = next_line()
+        assert again.startswith("tritonserver ready again after: tritonserver exited"), again
+        assert answers_within(url, 10) is not None
+        assert not process_group(server2), "the killed server's stub was left running"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")} == shm_before, "shared memory left in /dev/shm"
 
 
 def test_lipsync_server_url_checks_an_existing_server(triton_server: TritonDeployment) -> None:
