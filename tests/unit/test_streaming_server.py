@@ -298,3 +298,25 @@ async def test_health_says_whether_inference_really_answers() -> None:
         assert response.status == 503 and body["failed_requests_in_a_row"] >= 5, body
     finally:
         await client.close()
+
+
+async def test_many_offers_at_once_beyond_the_cap() -> None:
+    """Ten offers in the same instant against a cap of two: two sessions, eight clean 503s, nothing leaked."""
+    client, gateway = await make_client(max_sessions=2)
+    peers = [await real_offer() for _ in range(10)]
+    try:
+        responses = await asyncio.gather(
+            *(client.post("/offer", json={"sdp": sdp, "type": "offer"}) for _, sdp in peers)
+        )
+        statuses = sorted(r.status for r in responses)
+        assert statuses == [200] * 2 + [503] * 8, statuses
+        assert len(gateway.peers) == 2
+        for response in responses:
+            if response.status == 200:
+                assert (await client.delete(f"/sessions/{(await response.json())['session_id']}")).status == 200
+        assert gateway.peers == {}
+        assert (await (await client.get("/healthz")).json())["sessions"] == 0
+    finally:
+        for pc, _ in peers:
+            await pc.close()
+        await client.close()
