@@ -39,7 +39,7 @@ from lipsync.client.audio import load_audio
 from lipsync.client.triton_server import EmbeddedTritonServer
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.frames import CLOCK_RATE
-from lipsync.streaming.peer import GatewayClient
+from lipsync.benchmarks.peer import GatewayClient
 
 RESULTS = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]

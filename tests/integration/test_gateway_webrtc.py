@@ -31,7 +31,7 @@ from lipsync.client.face_tracking import FaceBox
 from lipsync.client.triton_server import EmbeddedTritonServer
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.frames import CLOCK_RATE
-from lipsync.streaming.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
+from lipsync.benchmarks.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
 from lipsync.streaming.server import Gateway
 from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, frame_without_face, make_moving_face_clip
 
@@ -292,7 +292,7 @@ async def test_no_face_in_view_passes_video_through(gateway) -> None:
 
 PEER_SCRIPT = """
 import asyncio, sys
-from lipsync.streaming.peer import GatewayClient
+from lipsync.benchmarks.peer import GatewayClient
 from tests.media import moving_face_clip
 async def main():
     client = GatewayClient(sys.argv[1])

@@ -1,6 +1,7 @@
 """A Python WebRTC peer for the gateway: sends a clip and speech, records what comes back.
 
-Used by the loopback integration tests and by benchmarks/pipeline.py. Every sent frame carries
+Used by the loopback integration tests and by benchmarks/pipeline.py and soak.py; it lives with the
+benchmarks, not in the product package streaming/, which it drives from outside. Every sent frame carries
 its index as a row of black/white blocks in its top-left corner (`stamp_index`), so each frame
 that comes back can be matched with the one that went out, whatever the codec did to it.
 """
