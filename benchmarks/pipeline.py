@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from lipsync.benchmarks.machine import describe_machine, report_header
+from lipsync.benchmarks.peer import GatewayClient
 from lipsync.benchmarks.synthetic_media import make_moving_face_clip
 from lipsync.client import contract
 from lipsync.client.audio import load_audio
 from lipsync.client.triton_server import EmbeddedTritonServer
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.frames import CLOCK_RATE
-from lipsync.benchmarks.peer import GatewayClient
 
 RESULTS = Path(__file__).parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]

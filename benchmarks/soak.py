@@ -32,10 +32,10 @@ import aiohttp
 import numpy as np
 
 from lipsync.benchmarks.machine import describe_machine, report_header
+from lipsync.benchmarks.peer import GatewayClient, av_offsets
 from lipsync.benchmarks.pipeline import Plan, prepare_repository, speech_clip, start_gateway
 from lipsync.benchmarks.synthetic_media import make_moving_face_clip
 from lipsync.client.triton_server import EmbeddedTritonServer, process_group
-from lipsync.benchmarks.peer import GatewayClient, av_offsets
 
 RESULTS = Path(__file__).parent / "results"
 FPS = 25

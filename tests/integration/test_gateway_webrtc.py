@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from lipsync.benchmarks.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
 from lipsync.client import contract
 from lipsync.client.audio import load_audio
 from lipsync.client.backends.triton import TritonBackend
@@ -31,7 +32,6 @@ from lipsync.client.face_tracking import FaceBox
 from lipsync.client.triton_server import EmbeddedTritonServer
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.frames import CLOCK_RATE
-from lipsync.benchmarks.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
 from lipsync.streaming.server import Gateway
 from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, frame_without_face, make_moving_face_clip
 

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from lipsync.streaming.frames import CLOCK_RATE, AudioChunk
 from lipsync.benchmarks.peer import SpeechTrack
+from lipsync.streaming.frames import CLOCK_RATE, AudioChunk
 from lipsync.streaming.speech_source import (
     RECEIVE_AUDIO_HOLD,
     MicrophoneReader,
