@@ -24,8 +24,8 @@ from lipsync.client import contract
 from lipsync.client.audio import AudioError, decode_audio, mel_windows, melspectrogram
 from lipsync.client.backends import (
     BACKEND_NAMES,
-    DEFAULT_CHECKPOINT,
     DEFAULT_ONNX_MODEL,
+    DEFAULT_TRITON_URL,
     BackendError,
     LipSyncBackend,
     create_backend,
@@ -109,7 +109,7 @@ class LipSyncConfig:
             "help": "auto: onnxruntime for .onnx weights, pytorch for .pth/.pt",
         },
     )
-    triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address for --backend triton"})
+    triton_url: str = field(default=DEFAULT_TRITON_URL, metadata={"help": "Triton gRPC address for --backend triton"})
     detect_every: int = field(default=5, metadata={"help": "run the detector every N frames, track in between"})
     blend: str = field(
         default=DEFAULT_BLEND,
@@ -204,11 +204,7 @@ def choose_backend(config: LipSyncConfig) -> LipSyncBackend:
             name = "onnxruntime" if weights.suffix == ".onnx" else "pytorch"
     if weights is not None and not weights.is_file():
         raise FileNotFoundError(f"--checkpoint_path not found: {weights}")
-    if name == "onnxruntime":
-        return create_backend(name, model_path=weights or DEFAULT_ONNX_MODEL)
-    if name == "pytorch":
-        return create_backend(name, checkpoint=weights or DEFAULT_CHECKPOINT)
-    return create_backend(name, url=config.triton_url)
+    return create_backend(name, weights=weights, triton_url=config.triton_url)
 
 
 def describe_weights(backend: LipSyncBackend) -> str:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lipsync.client import contract
+from lipsync.client.backends import BACKEND_NAMES, DEFAULT_TRITON_URL
 from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
 
-BACKENDS = ("triton", "onnxruntime", "pytorch")
+BACKENDS = BACKEND_NAMES  # one list, client.backends
 TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"
 # Live audio reaches the session about this late: aiortc's receiver holds each audio frame until
 # 4 more 20 ms packets arrived, and a packet's first sample was captured 20 ms before it was sent.
@@ -30,7 +31,7 @@ class GatewayConfig:
     port: int = _opt("TCP port (0 picks a free one)", default=8080)
     token: str | None = _opt(f"bearer token required for /offer, /speech and stats (or set {TOKEN_ENV})", default=None)
     backend: str = _opt("where the generator runs", default="triton", meta={"choices": BACKENDS})
-    triton_url: str = _opt("Triton gRPC address (backend=triton)", default="127.0.0.1:8001")
+    triton_url: str = _opt("Triton gRPC address (backend=triton)", default=DEFAULT_TRITON_URL)
     model: str = _opt("served model name (backend=triton)", default=contract.EMBEDDED_MODEL)
     model_path: str | None = _opt("ONNX model or checkpoint for the in-process backends", default=None)
     backend_timeout_s: float = _opt("give up on one inference request after this long", default=1.0)
@@ -125,13 +126,14 @@ class GatewayConfig:
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments for client.backends.create_backend."""
-        if self.backend == "triton":
-            # The server drops requests still queued after this: a frame past its budget is passed through anyway.
-            timeout = min(self.backend_timeout_s, self.compute_budget_ms / 1000)
-            return {"url": self.triton_url, "model": self.model, "timeout_s": timeout}
-        if self.backend == "onnxruntime":
-            return {"model_path": self.model_path} if self.model_path else {}
-        return {"checkpoint": self.model_path} if self.model_path else {}
+        # The server drops requests still queued after this: a frame past its budget is passed through anyway.
+        timeout = min(self.backend_timeout_s, self.compute_budget_ms / 1000)
+        return {
+            "weights": self.model_path,
+            "triton_url": self.triton_url,
+            "triton_model": self.model,
+            "timeout_s": timeout,
+        }
 
     def public(self) -> dict[str, Any]:
         """The resolved config without the secret, for logs and /healthz."""
