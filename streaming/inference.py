@@ -67,14 +67,14 @@ class FrameInference:
         inference runtime plans each new batch shape on first sight (hundreds of ms on a CPU).
         Failures are only logged: a backend that is down now may be up by the first frame.
         """
-        mel = np.zeros((1, *contract.MEL_INPUT.shape), np.float32)
-        face = np.zeros((1, *contract.FACE_INPUT.shape), np.float32)
+        mel = np.zeros(contract.MEL_INPUT.shape, np.float32)
+        face = np.zeros(contract.FACE_INPUT.shape, np.float32)
         start = time.monotonic()
         failed = 0
         for _ in range(rounds):
             for n in range(1, max_batch + 1):
                 results = await asyncio.gather(
-                    *(self.backend.infer_async(mel, face) for _ in range(n)), return_exceptions=True
+                    *(self.backend.infer_frame(mel, face) for _ in range(n)), return_exceptions=True
                 )
                 errors = [r for r in results if isinstance(r, BaseException)]
                 if len(errors) < len(results):
@@ -99,11 +99,11 @@ class FrameInference:
 
     async def probe(self, timeout_s: float = 2.0) -> bool:
         """One real request with a deadline: what a health check asks when no frame has asked lately."""
-        mel = np.zeros((1, *contract.MEL_INPUT.shape), np.float32)
-        face = np.zeros((1, *contract.FACE_INPUT.shape), np.float32)
+        mel = np.zeros(contract.MEL_INPUT.shape, np.float32)
+        face = np.zeros(contract.FACE_INPUT.shape, np.float32)
         try:
             async with asyncio.timeout(timeout_s):
-                await self.backend.infer_async(mel, face)
+                await self.backend.infer_frame(mel, face)
         except (TimeoutError, BackendError, ValueError) as exc:
             self.failures_in_a_row += 1
             logger.info("inference probe failed: %s", exc or "no answer in time")
@@ -131,7 +131,7 @@ class FrameInference:
         self.in_flight += 1
         try:
             async with asyncio.timeout(budget):
-                out = await self.backend.infer_async(mel[None, None].astype(np.float32), face[None].astype(np.float32))
+                out = await self.backend.infer_frame(mel[None].astype(np.float32), face.astype(np.float32))
         except TimeoutError:
             logger.debug("inference took over its %.0f ms budget", 1000 * budget)
             self._observer.backend_error("timeout")
@@ -162,7 +162,7 @@ class FrameInference:
         self._answered()
         self._service_s += 0.1 * (time.monotonic() - sent - self._service_s)
         self.limit = min(float(self._max_in_flight), self.limit + 1.0 / self.limit)
-        return out[0], "generated"
+        return out, "generated"
 
     async def _slot(self, until: float) -> bool:
         """Wait for in_flight < limit until `until` (time.monotonic()); False if none came."""

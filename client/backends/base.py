@@ -24,6 +24,14 @@ class BackendUnavailable(BackendError):
     """The backend is not reachable right now; callers may pass frames through and retry later."""
 
 
+def check_frame(mel: np.ndarray, face: np.ndarray) -> None:
+    """Raise ValueError unless mel and face are one frame's inputs of the contract's shapes."""
+    if mel.shape != contract.MEL_INPUT.shape:
+        raise ValueError(f"{contract.MEL_INPUT.name} must have shape {contract.MEL_INPUT.shape}, got {mel.shape}")
+    if face.shape != contract.FACE_INPUT.shape:
+        raise ValueError(f"{contract.FACE_INPUT.name} must have shape {contract.FACE_INPUT.shape}, got {face.shape}")
+
+
 class LipSyncBackend(ABC):
     """Runs the generator: (B,1,80,16) mel + (B,6,96,96) faces -> (B,3,96,96) faces, float32 in [0, 1]."""
 
@@ -46,9 +54,18 @@ class LipSyncBackend(ABC):
         return np.concatenate(parts, axis=0)
 
     async def infer_async(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Async form for the live gateway; in-process backends run in the default executor."""
+        """Async form of `infer`; in-process backends run in the default executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(self.infer, mel, faces))
+
+    async def infer_frame(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """One live frame: a (1, 80, 16) mel window and a (6, 96, 96) face pair -> the (3, 96, 96) face.
+
+        What the gateway calls per frame. In-process backends run it as a batch of one; the Triton
+        backend sends it as one request, and the server's dynamic batcher forms the batches.
+        """
+        check_frame(mel, face)
+        return (await self.infer_async(mel[None], face[None]))[0]
 
     @abstractmethod
     def _infer_batch(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:

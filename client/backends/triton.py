@@ -28,7 +28,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from lipsync.client import contract
-from lipsync.client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+from lipsync.client.backends.base import BackendError, BackendUnavailable, LipSyncBackend, check_frame
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class TritonBackend(LipSyncBackend):
         self.model = model
         self.timeout_s = float(timeout_s)
         self.ready_timeout_s = float(ready_timeout_s)
-        # `infer` splits larger inputs into waves of this many concurrent requests.
-        self.max_batch = max_in_flight
+        # One request per frame, at most this many in flight: `infer` sends larger inputs in waves.
+        self.max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._client: grpcclient.InferenceServerClient | None = None
         self._aio: tuple[asyncio.AbstractEventLoop, aioclient.InferenceServerClient] | None = None
@@ -178,7 +178,6 @@ class TritonBackend(LipSyncBackend):
 
     def _infer_batch(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
         client = self._sync_client()
-        futures: list[Future] = []
 
         def done(future: Future, result: grpcclient.InferResult | None, error: InferenceServerException | None):
             if error is not None:
@@ -186,20 +185,23 @@ class TritonBackend(LipSyncBackend):
             else:
                 future.set_result(result.as_numpy(contract.FACE_OUTPUT.name))
 
+        outputs: list[np.ndarray] = []
         try:
-            for i in range(mel.shape[0]):
-                future: Future = Future()
-                futures.append(future)
-                client.async_infer(
-                    self.model,
-                    self._inputs(mel[i : i + 1], faces[i : i + 1]),
-                    callback=lambda result, error, f=future: done(f, result, error),
-                    outputs=self._outputs,
-                    client_timeout=self.timeout_s,
-                    timeout=self._server_timeout_us,
-                )
-            deadline = time.monotonic() + self.timeout_s + 1.0
-            outputs = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+            for start in range(0, mel.shape[0], self.max_in_flight):  # waves of concurrent requests
+                futures = []
+                for i in range(start, min(start + self.max_in_flight, mel.shape[0])):
+                    future: Future = Future()
+                    futures.append(future)
+                    client.async_infer(
+                        self.model,
+                        self._inputs(mel[i : i + 1], faces[i : i + 1]),
+                        callback=lambda result, error, f=future: done(f, result, error),
+                        outputs=self._outputs,
+                        client_timeout=self.timeout_s,
+                        timeout=self._server_timeout_us,
+                    )
+                deadline = time.monotonic() + self.timeout_s + 1.0
+                outputs += [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
         except InferenceServerException as exc:
             raise self._translate(exc, client) from exc
         except FutureTimeout as exc:
@@ -228,8 +230,8 @@ class TritonBackend(LipSyncBackend):
         faces = np.ascontiguousarray(faces, dtype=np.float32)
         client = self._aio_client()
         outputs: list[np.ndarray] = []
-        for start in range(0, batch, self.max_batch):
-            stop = min(start + self.max_batch, batch)
+        for start in range(0, batch, self.max_in_flight):
+            stop = min(start + self.max_in_flight, batch)
             results = await asyncio.gather(
                 *(self._infer_one(client, mel[i : i + 1], faces[i : i + 1]) for i in range(start, stop)),
                 return_exceptions=True,
@@ -241,13 +243,8 @@ class TritonBackend(LipSyncBackend):
         return np.concatenate(outputs, axis=0)
 
     async def infer_frame(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
-        """One live frame: (1, 80, 16) mel window + (6, 96, 96) face pair -> (3, 96, 96) face."""
-        if mel.shape != contract.MEL_INPUT.shape:
-            raise ValueError(f"{contract.MEL_INPUT.name} must have shape {contract.MEL_INPUT.shape}, got {mel.shape}")
-        if face.shape != contract.FACE_INPUT.shape:
-            raise ValueError(
-                f"{contract.FACE_INPUT.name} must have shape {contract.FACE_INPUT.shape}, got {face.shape}"
-            )
+        """One live frame as one request (no batch of one to re-check, chunk and gather)."""
+        check_frame(mel, face)
         mel = np.ascontiguousarray(mel[None], dtype=np.float32)
         face = np.ascontiguousarray(face[None], dtype=np.float32)
         return (await self._infer_one(self._aio_client(), mel, face))[0]
