@@ -1,4 +1,7 @@
-"""The gateway's HTTP side (aiohttp): WebRTC offers, the web page, speech push, health, stats, metrics.
+"""The gateway (aiohttp): routes, session lifecycle and WebRTC negotiation; the web page, health, stats, metrics.
+
+The pieces it routes to: api.py (JSON refusals, bounded bodies, the token, log redaction),
+offer.py (what an offer must hold), speech_push.py (the two speech-push protocols).
 
 POST /offer takes {"sdp", "type": "offer"} (optionally "speech": "microphone"|"push" and
 "mode": "camera"|"presenter") and answers {"sdp", "type": "answer", "session_id"}, like
@@ -20,58 +23,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
+from lipsync.streaming import speech_push
+from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.config import GatewayConfig, parse_args
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
 from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
 from lipsync.streaming.metrics import GatewayObserver
+from lipsync.streaming.offer import parse_offer
 from lipsync.streaming.presenter import PresenterSource
-from lipsync.streaming.session import SPEECH_SOURCES, VIDEO_SOURCES, Session, SessionOptions
-from lipsync.streaming.speech_source import PcmStream, SpeechQueueFull, SpeechRefused
+from lipsync.streaming.session import SPEECH_SOURCES, Session, SessionOptions
 from lipsync.streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-OFFER_KEYS = {"sdp", "type", "speech", "mode"}
-
-
-class ApiError(web.HTTPException):
-    """A refusal with a JSON body naming what was wrong."""
-
-    def __init__(self, status: int, message: str, **headers: str) -> None:
-        self.status_code = status
-        super().__init__(
-            text=json.dumps({"error": message, "status": status}),
-            content_type="application/json",
-            headers=headers or None,
-        )
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except ApiError:
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        # aiohttp's own refusals (413 from client_max_size, 404, 405) get the same JSON shape.
-        raise ApiError(exc.status, exc.reason or exc.text or "refused") from exc
 
 
 class PeerSession:
@@ -157,15 +134,7 @@ class Gateway:
 
     # -- helpers
     def _authorize(self, request: web.Request) -> None:
-        token = self.config.token
-        if not token:
-            return
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-        # The scheme is case-insensitive (RFC 9110 section 11.1): "bearer" is as good as "Bearer".
-        given = credentials.strip() if scheme.lower() == "bearer" else request.query.get("token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            self.observer.rejected("unauthorized")
-            raise ApiError(401, "missing or wrong token", **{"WWW-Authenticate": "Bearer"})
+        authorize(request, self.config.token, self.observer)
 
     def _peer(self, request: web.Request) -> PeerSession:
         session_id = request.match_info["session_id"]
@@ -222,52 +191,8 @@ class Gateway:
         return web.Response(body=self.observer.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _read_offer(self, request: web.Request) -> tuple[str, SessionOptions]:
-        if request.content_type != "application/json":
-            self.observer.rejected("content_type")
-            raise ApiError(415, f"POST /offer needs Content-Type application/json, got {request.content_type!r}")
-        limit = self.config.max_request_bytes
-        if (request.content_length or 0) > limit:
-            self.observer.rejected("too_large")
-            raise ApiError(413, f"offer body of {request.content_length} bytes is over the {limit}-byte limit")
-        # Read to the end of the body (it may arrive in several TCP segments), never past the cap.
-        body = bytearray()
-        while len(body) <= limit:
-            piece = await request.content.read(limit + 1 - len(body))
-            if not piece:
-                break
-            body += piece
-        if len(body) > limit:
-            self.observer.rejected("too_large")
-            raise ApiError(413, f"offer body is over the {limit}-byte limit")
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self.observer.rejected("bad_offer")
-            raise ApiError(400, f"offer is not valid JSON: {exc}") from exc
-        except RecursionError as exc:
-            self.observer.rejected("bad_offer")
-            raise ApiError(400, "offer JSON is nested too deeply") from exc
-        if not isinstance(data, dict):
-            raise ApiError(400, f"offer must be a JSON object, got {type(data).__name__}")
-        if unknown := sorted(set(data) - OFFER_KEYS):
-            raise ApiError(400, f"unknown offer keys {unknown}; allowed: {sorted(OFFER_KEYS)}")
-        sdp, kind = data.get("sdp"), data.get("type")
-        if kind != "offer":
-            raise ApiError(400, f"'type' must be 'offer', got {kind!r}")
-        if not isinstance(sdp, str) or not sdp.strip():
-            raise ApiError(400, "'sdp' must be a non-empty string")
-        if len(sdp.encode()) > self.config.max_sdp_bytes:
-            self.observer.rejected("too_large")
-            raise ApiError(413, f"SDP of {len(sdp.encode())} bytes is over the {self.config.max_sdp_bytes}-byte limit")
-        speech = data.get("speech", "microphone")
-        mode = data.get("mode", "camera")
-        if speech not in SPEECH_SOURCES:
-            raise ApiError(400, f"'speech' must be one of {list(SPEECH_SOURCES)}, got {speech!r}")
-        if mode not in VIDEO_SOURCES:
-            raise ApiError(400, f"'mode' must be one of {list(VIDEO_SOURCES)}, got {mode!r}")
-        if mode == "presenter" and self.presenter is None:
-            raise ApiError(400, "presenter mode needs --presenter_image or --presenter_clip on the gateway")
-        return sdp, SessionOptions(speech=speech, mode=mode)
+        data = await read_json_body(request, self.config.max_request_bytes, self.observer, "offer")
+        return parse_offer(data, self.config.max_sdp_bytes, self.observer, presenter=self.presenter is not None)
 
     async def offer(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -385,90 +310,11 @@ class Gateway:
             raise ApiError(409, f'session {peer.session.id} uses its microphone; open it with "speech": "push"')
         return peer.session.push_speech
 
-    @staticmethod
-    def _rate(value: str | None) -> int | None:
-        if value is None:
-            return None
-        try:
-            return int(value)
-        except ValueError as exc:
-            raise ApiError(400, f"rate must be an integer sample rate in Hz, got {value!r}") from exc
-
     async def speech_ws(self, request: web.Request) -> web.WebSocketResponse:
-        target = self._push_target(request)
-        rate = self._rate(request.query.get("rate"))
-        ws = web.WebSocketResponse(max_msg_size=self.config.max_speech_message_bytes, heartbeat=20)
-        await ws.prepare(request)
-        pcm = PcmStream()
-        async for msg in ws:
-            if msg.type == WSMsgType.BINARY:
-                if rate is None:
-                    await ws.send_json(
-                        {"type": "error", "error": "declare the sample rate first (?rate= or a config message)"}
-                    )
-                    continue
-                try:
-                    await target.push_pcm(pcm.feed(msg.data), rate)
-                    await ws.send_json({"type": "queued", "queued_s": round(target.queued_s, 3)})
-                except SpeechRefused as exc:
-                    await ws.send_json({"type": "error", "error": str(exc)})
-            elif msg.type == WSMsgType.TEXT:
-                try:
-                    control = json.loads(msg.data)
-                    kind = control["type"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    await ws.send_json(
-                        {"type": "error", "error": f"text messages must be JSON with a 'type': {msg.data[:80]!r}"}
-                    )
-                    continue
-                if kind == "interrupt":
-                    await ws.send_json({"type": "interrupted", "dropped_s": round(target.interrupt(), 3)})
-                elif kind == "config" and isinstance(control.get("sample_rate"), int):
-                    rate = control["sample_rate"]
-                    await ws.send_json({"type": "config", "sample_rate": rate})
-                else:
-                    await ws.send_json({"type": "error", "error": f"unknown control message {control!r}"})
-            elif msg.type == WSMsgType.ERROR:
-                logger.info("speech socket closed with %s", ws.exception())
-        return ws
+        return await speech_push.websocket(request, self._push_target(request), self.config.max_speech_message_bytes)
 
     async def speech_http(self, request: web.Request) -> web.Response:
-        target = self._push_target(request)
-        rate = self._rate(request.query.get("rate"))
-        if rate is None:
-            raise ApiError(400, "POST /speech needs ?rate=<sample rate in Hz>")
-        if request.query.get("interrupt") in ("1", "true"):
-            target.interrupt()
-        pcm = PcmStream()
-        try:
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                await target.push_pcm(pcm.feed(chunk), rate)
-        except SpeechRefused as exc:
-            raise ApiError(413 if isinstance(exc, SpeechQueueFull) else 400, str(exc)) from exc
-        reply = {"queued_s": round(target.queued_s, 3), "received_s": round(target.received_s, 3)}
-        if pcm.pending_bytes:  # a body that ends in half a sample: said, not silently dropped
-            reply["unpaired_trailing_bytes"] = pcm.pending_bytes
-        return web.json_response(reply)
-
-
-class RedactTokens(logging.Filter):
-    """Replaces the value of every `token=` query parameter in a log line: access logs are read by many."""
-
-    PATTERN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.PATTERN.sub(r"\1REDACTED", message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-def redact_access_log() -> None:
-    """Install RedactTokens on aiohttp's access logger once (whoever runs the app logs through it)."""
-    access = logging.getLogger("aiohttp.access")
-    if not any(isinstance(f, RedactTokens) for f in access.filters):
-        access.addFilter(RedactTokens())
+        return await speech_push.http_body(request, self._push_target(request))
 
 
 class _SessionIdFilter(logging.Filter):

@@ -100,9 +100,9 @@ class SessionOptions:
 
     def __post_init__(self) -> None:
         if self.speech not in SPEECH_SOURCES:
-            raise ValueError(f"speech must be one of {list(SPEECH_SOURCES)}, got {self.speech!r}")
+            raise ValueError(f"'speech' must be one of {list(SPEECH_SOURCES)}, got {self.speech!r}")
         if self.mode not in VIDEO_SOURCES:
-            raise ValueError(f"mode must be one of {list(VIDEO_SOURCES)}, got {self.mode!r}")
+            raise ValueError(f"'mode' must be one of {list(VIDEO_SOURCES)}, got {self.mode!r}")
 
 
 class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
