@@ -26,7 +26,7 @@ class Overflow(enum.Enum):
     """What push() does when the input queue is full."""
 
     DROP_OLDEST = "drop_oldest"  # video: keep the newest, count the drop
-    REFUSE = "refuse"  # audio: never dropped silently; push() raises QueueFull (use `put`)
+    # (Audio never passes through a Stage: speech is timed on the session clock by speech_source.py.)
 
 
 class _End:
@@ -59,7 +59,6 @@ class Stage(ABC, Generic[In, Out]):
         self._flush_requested = False
         self._ended = False
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._in_flight: asyncio.Queue[asyncio.Task[Out | None] | _End] = asyncio.Queue()
         self._outputs: asyncio.Queue[Out | _End] = asyncio.Queue(maxsize=max(2, concurrency))
@@ -73,8 +72,6 @@ class Stage(ABC, Generic[In, Out]):
         if self._ended:
             raise RuntimeError(f"{self.name}: push after end_input")
         if len(self._media) >= self._maxsize:
-            if self._overflow is Overflow.REFUSE:
-                raise asyncio.QueueFull(f"{self.name}: {len(self._media)} items queued")
             old = self._media.popleft()
             self.dropped += 1
             if self._on_drop is not None:
@@ -82,13 +79,6 @@ class Stage(ABC, Generic[In, Out]):
         self._media.append(item)
         self._depth_changed()
         self._wake.set()
-
-    async def put(self, item: In) -> None:
-        """Push, waiting for room instead of dropping (for streams that must not lose items)."""
-        while len(self._media) >= self._maxsize:
-            self._room.clear()
-            await self._room.wait()
-        self.push(item)
 
     def flush(self) -> None:
         """Discard queued input now and let `on_flush` reset state; jumps ahead of queued media."""
@@ -106,8 +96,6 @@ class Stage(ABC, Generic[In, Out]):
         return len(self._media)
 
     def _depth_changed(self) -> None:
-        if len(self._media) < self._maxsize:
-            self._room.set()
         if self._on_depth is not None:
             self._on_depth(len(self._media))
 

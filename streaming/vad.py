@@ -53,11 +53,6 @@ class VoiceActivity:
             self._decide(data[i * self.frame_len : (i + 1) * self.frame_len])
         self._pending = data[n * self.frame_len :]
 
-    def end_input(self) -> None:
-        if len(self._pending):
-            self._decide(np.pad(self._pending, (0, self.frame_len - len(self._pending))))
-            self._pending = np.zeros(0, np.float32)
-
     def _decide(self, frame: np.ndarray) -> None:
         loud = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) >= self._gate
         pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()

@@ -56,23 +56,6 @@ async def test_drop_oldest_keeps_the_newest_and_counts() -> None:
     await stage.aclose()
 
 
-async def test_refuse_never_drops_and_put_waits_for_room() -> None:
-    stage = Gated(maxsize=1, overflow=Overflow.REFUSE)
-    stage.push(1)
-    await asyncio.sleep(0.01)
-    stage.push(2)
-    with pytest.raises(asyncio.QueueFull):
-        stage.push(3)
-    waiter = asyncio.create_task(stage.put(3))
-    await asyncio.sleep(0.01)
-    assert not waiter.done()
-    stage.gate.set()
-    await asyncio.wait_for(waiter, 1)
-    stage.end_input()
-    assert await asyncio.wait_for(collect(stage), 2) == [2, 4, 6]
-    await stage.aclose()
-
-
 async def test_concurrent_items_come_out_in_input_order() -> None:
     delays = {1: 0.15, 2: 0.10, 3: 0.05, 4: 0.0}
     stage = Gated(maxsize=8, overflow=Overflow.DROP_OLDEST, concurrency=4, delays=delays)
