@@ -381,7 +381,7 @@ class Session:
                     self.observer.downscaled(self.id)
                 self.submit_video(image, arrived, pts)
 
-        self._spawn(self._until_track_ends(run), "video-in")
+        self._spawn(self._until_track_ends(run, then=self._track.end_input), "video-in")
 
     def read_audio_track(self, track) -> None:
         """Use the peer's microphone as the speech source (ignored in push mode, but drained)."""
@@ -404,11 +404,16 @@ class Session:
             await track.recv()
             self._touch()
 
-    async def _until_track_ends(self, run: Callable[[], Awaitable[None]]) -> None:
+    async def _until_track_ends(
+        self, run: Callable[[], Awaitable[None]], then: Callable[[], None] | None = None
+    ) -> None:
+        """Run a track reader until the peer ends the track; `then` passes the end down the pipeline."""
         from aiortc.mediastreams import MediaStreamError
 
         with contextlib.suppress(MediaStreamError):
             await run()
+        if then is not None:
+            then()
 
     def run_presenter(self, source) -> None:
         """Drive the video from a presenter face source at the configured frame rate."""
@@ -427,6 +432,7 @@ class Session:
     async def _pump_track(self) -> None:
         async for face_frame in self._track:
             self._mouth.push(face_frame)
+        self._mouth.end_input()  # the camera track ended: the mouth stage finishes what it holds
 
     async def _pump_mouth(self) -> None:
         async for out in self._mouth:

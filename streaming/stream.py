@@ -1,7 +1,8 @@
-"""The stream object every pipeline stage is: push / flush / end_input / aclose, and `async for` over outputs.
+"""The stream object every pipeline stage is: push / end_input / aclose, and `async for` over outputs.
 
-Input is a bounded queue with a stated overflow policy; control (flush, end of input) overtakes
-queued media. Items may be processed concurrently (`concurrency` > 1) and still come out in
+Input is a bounded queue with a stated overflow policy; the end of input is seen after the media
+queued before it. (There is no flush: no stage keeps state across frames that a control message
+would have to reset; docs/architecture.md.) Items may be processed concurrently (`concurrency` > 1) and still come out in
 input order. The stage owns its tasks and cancels and awaits them in `aclose`.
 """
 
@@ -56,7 +57,6 @@ class Stage(ABC, Generic[In, Out]):
         self._on_drop = on_drop
         self._on_depth = on_depth
         self._media: deque[In] = deque()
-        self._flush_requested = False
         self._ended = False
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
@@ -77,13 +77,6 @@ class Stage(ABC, Generic[In, Out]):
             if self._on_drop is not None:
                 self._on_drop(old)
         self._media.append(item)
-        self._depth_changed()
-        self._wake.set()
-
-    def flush(self) -> None:
-        """Discard queued input now and let `on_flush` reset state; jumps ahead of queued media."""
-        self._media.clear()
-        self._flush_requested = True
         self._depth_changed()
         self._wake.set()
 
@@ -115,19 +108,10 @@ class Stage(ABC, Generic[In, Out]):
     async def process(self, item: In) -> Out | None:
         """Turn one input into one output (None: nothing to emit)."""
 
-    def on_flush(self) -> None:
-        """Reset per-stream state after a flush."""
-
     async def _feed(self) -> None:
         while True:
-            if self._flush_requested:  # control first
-                self._flush_requested = False
-                self.on_flush()
             if self._media:
                 await self._slots.acquire()
-                if not self._media:  # flushed while waiting for a slot
-                    self._slots.release()
-                    continue
                 item = self._media.popleft()
                 self._depth_changed()
                 task = asyncio.create_task(self._run(item), name=f"{self.name}-item")

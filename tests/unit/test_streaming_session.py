@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fractions
 
 import numpy as np
 import pytest
@@ -154,5 +155,40 @@ async def test_frames_over_the_size_limit_are_scaled_down_and_counted() -> None:
         stats = observer.sessions[session.id]
         assert stats.drops["bad_size"] == 1 and stats.downscaled == 1
         assert stats.summary()["frames_downscaled"] == 1
+    finally:
+        await session.aclose()
+
+
+async def test_the_end_of_the_camera_track_ends_the_pipeline_stages() -> None:
+    """A peer that stops its camera: the track stage ends its input, and the end reaches the mouth stage."""
+    import av
+    from aiortc import MediaStreamTrack
+    from aiortc.mediastreams import MediaStreamError
+
+    face = astronaut_bgr()
+
+    class ShortCamera(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self, frames: int) -> None:
+            super().__init__()
+            self.left = frames
+
+        async def recv(self) -> av.VideoFrame:
+            if self.left == 0:
+                raise MediaStreamError
+            self.left -= 1
+            await asyncio.sleep(1 / FPS)
+            frame = av.VideoFrame.from_ndarray(face, format="bgr24")
+            frame.pts, frame.time_base = 100 - self.left, fractions.Fraction(1, int(FPS))
+            return frame
+
+    session, _ = make_session(GreyMouthBackend(), KnownFaceProcessor(face))
+    try:
+        await session.ready()
+        session.read_video_track(ShortCamera(5))
+        for stage in (session._track, session._mouth):  # both stages finish on their own, not cancelled
+            await asyncio.wait_for(asyncio.shield(stage._emitter), 5)
+            assert stage._emitter.done() and not stage._emitter.cancelled()
     finally:
         await session.aclose()
