@@ -50,9 +50,9 @@ def main() -> int:
     print(f"Weights: {report.weights}")
     print(
         "NOTE: read training/weights/MODEL_CARD.md for what these weights can do. The shipped CPU model is a\n"
-        "quarter-width generator trained for about two hours on synthetic CG faces: on those its mouth follows\n"
-        "the speech; on a real face like this one the mouth is a blurred patch with a CG-style, often purple-tinted\n"
-        "mouth. For the paper's quality pass --checkpoint_path wav2lip_gan.pth."
+        "quarter-width generator trained on synthetic faces only. Only the mouth, its opening and the chin are\n"
+        "replaced (the rest of the face is the input's); the new mouth follows the speech but is soft and on open\n"
+        "vowels often blue-grey. For the paper's quality pass --checkpoint_path wav2lip_gan.pth."
     )
     print(report.summary)
     return 0
