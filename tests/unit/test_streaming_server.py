@@ -246,14 +246,13 @@ async def test_pushed_pcm_split_inside_a_sample_keeps_every_sample() -> None:
 
 async def test_an_offer_that_never_connects_releases_its_session() -> None:
     """The offerer takes the answer but never connects: the slot comes back after the set-up deadline."""
-    client, gateway = await make_client(connect_timeout_s=0.5, max_sessions=1)
+    client, gateway = await make_client(connect_timeout_s=2.0, max_sessions=1)
     try:
-        pc, sdp = await real_offer()
+        (pc, sdp), (pc2, sdp2) = await real_offer(), await real_offer()  # both ready before the clock runs
         first = await client.post("/offer", json={"sdp": sdp, "type": "offer"})
         assert first.status == 200  # the answer is never applied: ICE cannot complete
-        pc2, sdp2 = await real_offer()
         assert (await client.post("/offer", json={"sdp": sdp2, "type": "offer"})).status == 503
-        for _ in range(40):
+        for _ in range(80):
             if not gateway.peers:
                 break
             await asyncio.sleep(0.1)
