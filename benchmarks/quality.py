@@ -46,6 +46,7 @@ from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pa
 from lipsync.client.face_landmarks import FaceLandmarker, lip_opening
 from lipsync.client.face_tracking import FaceTracker, MediaPipeFaceDetector, TrackerConfig
 from lipsync.client.mouth_mask import MouthShape
+from lipsync.streaming.config import GatewayConfig
 from lipsync.training import quality
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def input_reference(item: Item) -> dict | None:
 
 
 def compositing_cost(backend: PyTorchBackend, repeats: int = 2) -> dict:
-    """Milliseconds per frame the live compositor spends (mesh every 2nd frame, as the gateway), per blend.
+    """Milliseconds per frame the live compositor spends (the face mesh as often as the gateway runs it), per blend.
 
     On a 640x480 synthetic talking head; the model's output is made once and reused, so only the
     compositing is timed. `extra_ms` is what the mouth blend adds over the lower-half paste.
@@ -239,11 +240,12 @@ def compositing_cost(backend: PyTorchBackend, repeats: int = 2) -> dict:
     windows = mel_windows(melspectrogram(item.wav), FPS, len(frames))
     faces = np.stack([model_face_input(crop_face(frames[i], item.regions[i])) for i in idx])
     generated = backend.infer(windows[idx][:, None].astype(np.float32), faces)
-    out = {"frames": len(idx), "frame_size": "640x480", "landmark_every": 2}
+    every = GatewayConfig().landmark_every  # what the live gateway does
+    out = {"frames": len(idx), "frame_size": "640x480", "landmark_every": every}
     for blend in BLEND_MODES:
         best = float("inf")
         for _ in range(repeats):
-            with Compositor(blend, landmark_every=2) as compositor:
+            with Compositor(blend, landmark_every=every) as compositor:
                 started = time.perf_counter()
                 for j, i in enumerate(idx):
                     compositor.compose(frames[i], generated[j], item.regions[i])
