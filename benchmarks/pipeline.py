@@ -155,6 +155,16 @@ async def start_gateway(plan: Plan, triton_url: str, log) -> tuple[asyncio.subpr
     raise RuntimeError("the gateway did not answer /healthz within 120 s")
 
 
+async def stop_gateway(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM the gateway process, SIGKILL it if it has not exited within 15 s."""
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
 async def measure(n: int, url: str, frames: list[np.ndarray], speech: np.ndarray, plan: Plan, log) -> Run:
     clients = [GatewayClient(url, keep_images=False) for _ in range(n)]
     run = Run(sessions=n)
@@ -296,12 +306,7 @@ async def run_benchmark(plan: Plan, repository: Path | None, log) -> tuple[list[
                         break
                     await asyncio.sleep(1.0)  # let the gateway close the last sessions
             finally:
-                gateway.terminate()
-                try:
-                    await asyncio.wait_for(gateway.wait(), 15)
-                except TimeoutError:
-                    gateway.kill()
-                    await gateway.wait()
+                await stop_gateway(gateway)
     return runs, {"delay_ms": GatewayConfig(compute_budget_ms=plan.compute_budget_ms).delay_ms("microphone")}
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from lipsync.benchmarks.machine import describe_machine, report_header
 from lipsync.benchmarks.peer import GatewayClient, av_offsets
-from lipsync.benchmarks.pipeline import Plan, prepare_repository, speech_clip, start_gateway
+from lipsync.benchmarks.pipeline import Plan, prepare_repository, speech_clip, start_gateway, stop_gateway
 from lipsync.benchmarks.synthetic_media import make_moving_face_clip
 from lipsync.client.triton_server import EmbeddedTritonServer, process_group
 
@@ -176,12 +176,7 @@ async def run_soak(plan: SoakPlan, log) -> dict:
                 await asyncio.sleep(3.0)  # closings reach the gateway
                 await sample(url, gateway.pid, server, started, samples)
             finally:
-                gateway.terminate()
-                try:
-                    await asyncio.wait_for(gateway.wait(), 15)
-                except TimeoutError:
-                    gateway.kill()
-                    await gateway.wait()
+                await stop_gateway(gateway)
     return summarise(plan, record, samples, restart, started)
 
 
