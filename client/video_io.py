@@ -81,38 +81,20 @@ def probe_face_source(path: str | Path, *, static: bool = False, fps: float = 25
 
 
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode every frame of a video as BGR uint8.
-
-    A packet that does not decode is skipped, its frame replaced by the last good one (so the
-    frames after it keep their time) and counted in a warning; another decoding error ends the
-    stream with a warning.
-    """
+    """Decode every frame of a video as BGR uint8; a corrupt packet mid-file ends the stream with a warning."""
     path = Path(path)
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
         raise MediaError(f"cannot read video {path}: {exc}") from exc
-    corrupt = 0
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        last = None
         try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:
-                    corrupt += 1
-                    if last is not None and packet.size:
-                        yield last
-                    continue
-                for frame in frames:
-                    last = frame.to_ndarray(format="bgr24")
-                    yield last
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="bgr24")
         except av.FFmpegError as exc:
             log.warning("decoding %s stopped early: %s", path, exc)
-    if corrupt:
-        log.warning("%s: %d corrupt video packets, each replaced by the frame before it", path, corrupt)
 
 
 def iter_face_frames(info: FaceSourceInfo) -> Iterator[np.ndarray]:
