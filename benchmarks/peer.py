@@ -168,8 +168,10 @@ class GatewayClient:
         speech_mode: str = "microphone",
         mode: str = "camera",
         loop: bool = False,
+        avatar: str | None = None,
     ) -> None:
-        """Offer to the gateway: the clip as camera (None: receive only), the speech as microphone."""
+        """Offer to the gateway: the clip as camera (None: receive only), the speech as microphone;
+        `avatar` names an enrolled avatar the gateway serves (its model, and its loop as presenter face)."""
         if frames is not None:
             self.video_track = ClipVideoTrack(frames, fps, loop=loop)
             self.pc.addTrack(self.video_track)
@@ -194,6 +196,8 @@ class GatewayClient:
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", "speech": speech_mode, "mode": mode}
+        if avatar is not None:
+            body["avatar"] = avatar
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"{self.base_url}/offer", json=body, headers=self.headers) as resp,

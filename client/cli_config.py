@@ -52,7 +52,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = base
         kwargs.update(meta)
-        if default is not None and kwargs.get("help"):
+        if default not in (None, ()) and kwargs.get("help"):  # an empty tuple: a repeatable flag not given
             kwargs["help"] += (
                 f" (default: {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
             )

@@ -179,6 +179,11 @@ class MediaPipeFaceDetector(FaceDetector):
             return []
         return self._run(graph, frame_bgr[y1:y2, x1:x2], x1, y1)
 
+    def detect_all(self, frame_bgr: np.ndarray) -> list[FaceBox]:
+        """Every face the full-frame detector finds (enrolment uses it to refuse recordings of several people)."""
+        _check_frame(frame_bgr)
+        return self._run(self._finder, frame_bgr)
+
     def detect(self, frame_bgr: np.ndarray) -> FaceBox | None:
         _check_frame(frame_bgr)
         found = _largest(self._run(self._finder, frame_bgr))

@@ -1,7 +1,9 @@
 """`lipsync`: dub a face video or still image with a new audio track (the paper's offline use case).
 
 Frames stream through decode -> track -> crop -> model -> blend -> encode in batches, so memory
-stays flat for long videos. The original Wav2Lip inference flags are accepted unchanged.
+stays flat for long videos. The original Wav2Lip inference flags are accepted unchanged. With
+`--avatar DIR` (an enrolled person, client/avatar.py) the weights are the avatar's own and the face
+defaults to its reference loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from lipsync.client import contract
 from lipsync.client.audio import AudioError, decode_audio, mel_windows, melspectrogram
+from lipsync.client.avatar import Avatar, load_avatar
 from lipsync.client.backends import (
     BACKEND_NAMES,
     DEFAULT_ONNX_MODEL,
@@ -77,8 +80,18 @@ def check_frame_size(info: FaceSourceInfo, width: int, height: int) -> None:
 
 @dataclass(frozen=True)
 class LipSyncConfig:
-    face: Path = field(metadata={"help": "face video or still image"})
     audio: Path = field(metadata={"help": "speech audio: any file PyAV reads (wav, mp3, m4a, a video's soundtrack)"})
+    face: Path | None = field(
+        default=None,
+        metadata={"help": "face video or still image (optional with --avatar: the avatar's loop.mp4 is used)"},
+    )
+    avatar: Path | None = field(
+        default=None,
+        metadata={
+            "help": "an enrolled avatar folder (lipsync-train enroll): its own weights, and its loop as the face "
+            "when --face is not given; with --backend triton, its own served model"
+        },
+    )
     checkpoint_path: Path | None = field(
         default=None,
         metadata={"help": "generator weights: .onnx, our .pt, or a released wav2lip(.pth|_gan.pth|-SD-*.pt)"},
@@ -106,7 +119,8 @@ class LipSyncConfig:
         default="auto",
         metadata={
             "choices": ("auto", *BACKEND_NAMES),
-            "help": "auto: onnxruntime for .onnx weights, pytorch for .pth/.pt",
+            "help": "auto: onnxruntime for .onnx weights, pytorch for .pth/.pt; with --avatar, onnxruntime "
+            "if the avatar was exported (model.onnx), else pytorch",
         },
     )
     triton_url: str = field(default=DEFAULT_TRITON_URL, metadata={"help": "Triton gRPC address for --backend triton"})
@@ -121,6 +135,12 @@ class LipSyncConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.avatar is not None and self.checkpoint_path is not None:
+            raise ValueError(
+                f"give --avatar or --checkpoint_path, not both: the avatar {self.avatar} brings its own weights"
+            )
+        if self.face is None and self.avatar is None:
+            raise ValueError("--face is required (a video or photo of the person), unless --avatar is given")
         if not math.isfinite(self.fps) or not 0 < self.fps <= MAX_STILL_FPS:
             raise ValueError(f"--fps must be a frame rate in (0, {MAX_STILL_FPS:g}], got {self.fps}")
         if self.resize_factor < 1:
@@ -158,6 +178,7 @@ class LipSyncReport:
     height: int = 0
     backend: str = ""
     weights: str = ""
+    avatar: str = ""  # the enrolled avatar's name, when --avatar was given
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
@@ -194,8 +215,19 @@ def transform_frame(frame: np.ndarray, config: LipSyncConfig) -> np.ndarray:
     return np.ascontiguousarray(frame[top:bottom, left:right])
 
 
-def choose_backend(config: LipSyncConfig) -> LipSyncBackend:
-    """Resolve --backend auto from the weights file, as a Wav2Lip user passing a .pth would expect."""
+def choose_backend(config: LipSyncConfig, avatar: Avatar | None = None) -> LipSyncBackend:
+    """Resolve --backend auto from the weights file, as a Wav2Lip user passing a .pth would expect.
+
+    An avatar's weights are its own: its exported model.onnx when it has one (auto) or onnxruntime is
+    asked for, its checkpoint for pytorch, its own served model (avatar_<name>) for triton.
+    """
+    if avatar is not None:
+        name = config.backend
+        if name == "auto":
+            name = "onnxruntime" if avatar.onnx.is_file() else "pytorch"
+        if name == "triton":
+            return create_backend(name, triton_url=config.triton_url, triton_model=avatar.triton_model)
+        return create_backend(name, weights=avatar.weights_for(name))
     name, weights = config.backend, config.checkpoint_path
     if name == "auto":
         if weights is None:
@@ -242,9 +274,13 @@ def check_outfile(path: Path) -> None:
 def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     started = time.perf_counter()
     check_outfile(config.outfile)
+    # Read before any work: a bad avatar folder is a one-line AvatarError (a ValueError), not a traceback.
+    avatar = load_avatar(config.avatar) if config.avatar is not None else None
+    # The avatar's loop is a short clip of the person: it loops for the audio's length like any short clip.
+    face = config.face if config.face is not None else avatar.loop
     timer = StageTimer()
     with timer.stage("audio+mel"):
-        info = probe_face_source(config.face, static=config.static, fps=config.fps)
+        info = probe_face_source(face, static=config.static, fps=config.fps)
         fps = config.fps if info.is_still else info.fps
         decoded = decode_audio(config.audio)
         wav = decoded.samples
@@ -260,12 +296,15 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     if batch_size < config.wav2lip_batch_size:
         log.info("frames of %dx%d: %d per batch to bound memory", width, height, batch_size)
     report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
+    report.avatar = avatar.name if avatar is not None else ""
     report.audio_seconds = len(wav) / contract.SAMPLE_RATE
     report.audio_corrupt_packets, report.audio_concealed_seconds = decoded.corrupt_packets, decoded.concealed_s
 
     with timer.stage("load model"):
-        backend = choose_backend(config)
+        backend = choose_backend(config, avatar)
     report.backend, report.weights = backend.name, describe_weights(backend)
+    if avatar is not None and backend.name == "pytorch":  # the PyTorch backend reports no provenance: name the file
+        report.weights = f"avatar {avatar.name!r} ({avatar.weights})"
     log.info("backend %s, weights: %s", backend.name, report.weights)
     if "UNTRAINED" in report.weights:
         log.warning("%s", report.weights)
@@ -389,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\nwrote {report.outfile}: {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, "
             f"{report.audio_seconds:.2f} s audio"
         )
+        if report.avatar:
+            print(f"avatar: {report.avatar} ({config.avatar}); face: {config.face or 'its loop'}")
         print(f"backend: {report.backend}; weights: {report.weights}")
         print(
             f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lipsync.client import contract
+from lipsync.client.avatar import TRITON_PREFIX as AVATAR_MODEL_PREFIX
 
 # The project's root: the checkout for an editable install, site-packages/lipsync for a wheel.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,19 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
+def is_avatar_model(model: str) -> bool:
+    """An enrolled avatar's own model (`lipsync-export --avatar DIR` writes avatar_<name>)."""
+    return model.startswith(AVATAR_MODEL_PREFIX)
+
+
+def required_files(model: str) -> tuple[str, ...]:
+    """The files `model`'s version folder must hold: an avatar's model is the embedded Python model on its
+    own weights, so it needs what that one needs."""
+    if is_avatar_model(model):
+        return REQUIRED_FILES[contract.EMBEDDED_MODEL]
+    return REQUIRED_FILES.get(model, ())
+
+
 def config_path(repository: str | Path, model: str) -> Path:
     return Path(repository) / model / CONFIG_FILE
 
@@ -51,5 +65,5 @@ def default_onnx_model(repository: str | Path = DEFAULT_REPOSITORY) -> Path:
 def missing_files(repository: str | Path, model: str) -> list[Path]:
     """The files `model` still needs in `repository` (its config first), empty when it can be served."""
     needed = [config_path(repository, model)]
-    needed += [artifact_path(repository, model, name) for name in REQUIRED_FILES.get(model, ())]
+    needed += [artifact_path(repository, model, name) for name in required_files(model)]
     return [path for path in needed if not path.is_file()]

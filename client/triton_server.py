@@ -151,8 +151,9 @@ def check_repository(repository: Path, models: tuple[str, ...]) -> None:
             raise TritonServerError(
                 f"model {model!r} not found: {config} does not exist (models in {repository}: {', '.join(present) or 'none'})"
             )
+        export = "lipsync-export --avatar DIR" if layout.is_avatar_model(model) else "lipsync-export"
         for path in layout.missing_files(repository, model):
-            raise TritonServerError(f"model {model!r} is missing {path}; create it with `lipsync-export`")
+            raise TritonServerError(f"model {model!r} is missing {path}; create it with `{export}`")
 
 
 class EmbeddedTritonServer:
@@ -445,8 +446,9 @@ class ServerConfig:
         metadata={
             "flag": "--models",
             "nargs": "+",
-            "help": "models to load; this build of tritonserver has only the Python backend, so the ONNX and "
-            "TensorRT models are for the official container",
+            "help": "models to load, e.g. wav2lip_python avatar_anna (an avatar's own model, written by "
+            "`lipsync-export --avatar DIR`); this build of tritonserver has only the Python backend, so the ONNX "
+            "and TensorRT models are for the official container",
         },
     )
     grpc_port: int = field(

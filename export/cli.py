@@ -3,6 +3,11 @@
 Every stage prints its measured max/mean absolute error against the stage before and the tolerance;
 any failure exits non-zero. The resolved config and the measurements go to export_config.json in
 the output directory.
+
+With `--avatar DIR` the enrolled avatar's weights are exported instead, verified the same way: the
+ONNX goes to DIR/model.onnx and the avatar's own model (avatar_<name>, served like wav2lip_python)
+into the repository beside the default models, which are left as they are; its export_config.json
+goes into that model's folder.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from lipsync.client import contract
 from lipsync.client import model_repository as layout
+from lipsync.client.avatar import Avatar, AvatarError, load_avatar
 from lipsync.client.backends import DEFAULT_CHECKPOINT
 from lipsync.client.cli_config import (
     add_dataclass_arguments,
@@ -40,6 +46,14 @@ class ExportConfig:
             "help": f"generator weights (default: the shipped {DEFAULT_CHECKPOINT.name})",
         },
     )
+    avatar: Path | None = field(
+        default=None,
+        metadata={
+            "flag": "--avatar",
+            "help": "export an enrolled avatar's weights (DIR/wav2lip.pt) to DIR/model.onnx and to its own "
+            "Triton model avatar_<name> in the repository; the default models are not touched",
+        },
+    )
     random_weights: bool = field(
         default=False, metadata={"flag": "--random-weights", "help": "export a randomly initialised generator (tests)"}
     )
@@ -50,7 +64,14 @@ class ExportConfig:
         default=layout.DEFAULT_REPOSITORY, metadata={"flag": "--output-dir", "help": "Triton model repository to write"}
     )
     opset: int = field(default=18, metadata={"flag": "--opset", "help": "ONNX opset (>= 17)"})
-    fp16: bool = field(default=True, metadata={"flag": "--fp16", "help": "also write and verify the FP16 ONNX variant"})
+    fp16: bool = field(
+        default=True,
+        metadata={
+            "flag": "--fp16",
+            "help": "also write and verify the FP16 ONNX variant (default models only: an avatar's model is served "
+            "by the Python backend, FP32 ONNX on a CPU and PyTorch FP16 on a GPU)",
+        },
+    )
     tensorrt: bool = field(
         default=False, metadata={"flag": "--tensorrt", "help": "build the TensorRT FP16 engine (needs TensorRT + GPU)"}
     )
@@ -82,6 +103,15 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.random_weights and self.checkpoint is not None:
             raise ValueError("give either --checkpoint or --random-weights, not both")
+        if self.avatar is not None and (self.checkpoint is not None or self.random_weights):
+            raise ValueError(
+                f"--avatar {self.avatar} brings its own weights: give it without --checkpoint or --random-weights"
+            )
+        if self.avatar is not None and self.tensorrt:
+            raise ValueError(
+                "--tensorrt builds the default models' engine; an avatar's model is served by the Python backend "
+                "(PyTorch FP16 with CUDA graphs on a GPU): export it without --tensorrt"
+            )
         if self.width != 1.0 and not self.random_weights:
             raise ValueError(f"--width {self.width} applies only to --random-weights; a checkpoint carries its width")
         if not 1 <= self.max_batch:
@@ -97,6 +127,15 @@ class ExportConfig:
     @property
     def input_sets(self) -> tuple[str, ...]:
         return ("random", "real") if self.real_inputs else ("random",)
+
+    def report_path(self) -> Path:
+        """Where the resolved config and measurements go: an avatar's beside its model, so a later avatar
+        export never replaces the default export's record (or another avatar's)."""
+        if self.avatar is not None:
+            return layout.config_path(self.output_dir, load_avatar(self.avatar).triton_model).with_name(
+                layout.EXPORT_REPORT_FILE
+            )
+        return Path(self.output_dir) / layout.EXPORT_REPORT_FILE
 
 
 class ExportError(RuntimeError):
@@ -116,12 +155,16 @@ def _training_steps(checkpoint: Path) -> int | str:
     return "unknown"
 
 
-def _load_model(config: ExportConfig):
+def _load_model(config: ExportConfig, avatar: Avatar | None = None):
     import torch
 
     from lipsync.client.networks import Wav2Lip, Wav2LipConfig, count_parameters
 
-    if config.random_weights:
+    if avatar is not None:
+        checkpoint = avatar.weights
+        model = Wav2Lip.from_checkpoint(checkpoint)
+        source = f"avatar {avatar.name!r} ({checkpoint})"
+    elif config.random_weights:
         torch.manual_seed(config.seed)
         model = Wav2Lip(Wav2LipConfig(width=config.width)).eval()
         source = f"random weights (seed {config.seed})"
@@ -144,6 +187,8 @@ def _load_model(config: ExportConfig):
     }
     if not config.random_weights:
         metadata["training_steps"] = str(_training_steps(Path(checkpoint)))
+    if avatar is not None:
+        metadata["avatar"] = avatar.name
     return model, metadata, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
 
 
@@ -179,7 +224,9 @@ def run(config: ExportConfig) -> dict:
     from lipsync.client.networks import save_checkpoint
 
     repo = Path(config.output_dir)
-    total = 3 + config.fp16 + config.tensorrt
+    avatar = load_avatar(config.avatar) if config.avatar is not None else None
+    fp16 = config.fp16 and avatar is None
+    total = 3 + fp16 + config.tensorrt
     number = 0
     report: dict = {"verification": [], "artifacts": {}, "seconds": {}}
     fp32_tol = (config.fp32_tolerance, config.fp32_tolerance / 10)
@@ -187,12 +234,17 @@ def run(config: ExportConfig) -> dict:
     check = {"samples": config.verify_samples, "input_sets": config.input_sets, "seed": config.seed}
 
     stage("load the PyTorch generator")
-    model, metadata, description = _load_model(config)
+    model, metadata, description = _load_model(config, avatar)
     say(f"      {description}")
     report["model"] = description
+    if avatar is not None:
+        report["avatar"] = {"name": avatar.name, "folder": str(avatar.root), "triton_model": avatar.triton_model}
+        if config.fp16:
+            say(f"      avatar {avatar.name!r}: no FP16 ONNX (its model {avatar.triton_model} runs FP32 ONNX on a CPU)")
     reference = PyTorchBackend(model=model, device="cpu", max_batch=config.max_batch)
 
-    onnx_path = layout.artifact_path(repo, contract.ONNX_MODEL, layout.ONNX_FILE)
+    # An avatar's ONNX belongs to the avatar (the onnxruntime backend runs it from there).
+    onnx_path = avatar.onnx if avatar is not None else layout.artifact_path(repo, contract.ONNX_MODEL, layout.ONNX_FILE)
     stage(f"PyTorch -> ONNX FP32 (opset {config.opset}, batch 1..{config.max_batch}): {onnx_path}")
     started = time.perf_counter()
     onnx_path.unlink(missing_ok=True)  # it may be a hard link shared with the Python model's copy
@@ -202,7 +254,7 @@ def run(config: ExportConfig) -> dict:
         record(verify.verify("ONNX FP32 vs PyTorch FP32", reference.infer, onnx_fp32.infer, fp32_tol, **check))
         report["artifacts"]["onnx_fp32"] = str(onnx_path)
 
-        if config.fp16:
+        if fp16:
             fp16_path = onnx_path.with_name(layout.ONNX_FP16_FILE)
             stage(f"ONNX FP32 -> ONNX FP16 (FP32 inputs/outputs): {fp16_path}")
             convert_fp16(onnx_path, fp16_path)
@@ -231,16 +283,20 @@ def run(config: ExportConfig) -> dict:
             )
             report["artifacts"]["tensorrt_engine"] = str(engine_path)
 
-    stage(f"write the Triton model repository: {repo}")
+    served = avatar.triton_model if avatar is not None else contract.EMBEDDED_MODEL
+    stage(f"write the Triton model repository: {repo}" + (f" (model {served})" if avatar is not None else ""))
     # Re-saved in this project's format whatever the source was (released .pth, TorchScript, ours).
-    checkpoint_path = layout.artifact_path(
-        repo, contract.EMBEDDED_MODEL, model_repository.EMBEDDED_PARAMETERS["checkpoint"]
-    )
+    checkpoint_path = layout.artifact_path(repo, served, model_repository.EMBEDDED_PARAMETERS["checkpoint"])
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint_path, model=model, config=model.config)
-    written = model_repository.write_repository(
-        repo, onnx_fp32=onnx_path, checkpoint=checkpoint_path, engine=engine_path, max_batch=config.max_batch
-    )
+    if avatar is not None:
+        written = model_repository.write_avatar_model(
+            repo, served, onnx_fp32=onnx_path, checkpoint=checkpoint_path, max_batch=config.max_batch
+        )
+    else:
+        written = model_repository.write_repository(
+            repo, onnx_fp32=onnx_path, checkpoint=checkpoint_path, engine=engine_path, max_batch=config.max_batch
+        )
     for path in written:
         say(f"      {path}")
     report["versions"] = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime")}
@@ -279,13 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     try:
         report = run(config)
+        path = write_resolved_config(config, config.report_path(), extra=report)
     except verify.VerificationError as exc:
         print(f"lipsync-export: verification failed: {exc}", file=sys.stderr)
         return 1
-    except (ExportError, FileNotFoundError, RuntimeError) as exc:
+    except (ExportError, AvatarError, FileNotFoundError, RuntimeError) as exc:
         print(f"lipsync-export: {exc}", file=sys.stderr)
         return 1
-    path = write_resolved_config(config, Path(config.output_dir) / layout.EXPORT_REPORT_FILE, extra=report)
     if not config.quiet:
         print(f"done; resolved config and measurements in {path}")
     return 0

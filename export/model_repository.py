@@ -1,5 +1,6 @@
 """Writes Triton's model repository: one config.pbtxt per served model, rendered from client/contract.py,
-plus the artifacts export produced (ONNX files, the TensorRT engine, the PyTorch checkpoint).
+plus the artifacts export produced (ONNX files, the TensorRT engine, the PyTorch checkpoint), and an
+enrolled avatar's own model (avatar_<name>: the embedded Python model on the avatar's weights).
 
 The committed config.pbtxt files are exactly what `render_config` returns for the contract's defaults
 (tests/unit/test_model_configs.py checks that), so a hand edit shows up as a test failure.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +37,13 @@ _HEADERS = {
         "Triton container; the engine must be built with that container's TensorRT version."
     ),
 }
+
+_AVATAR_HEADER = (
+    "An enrolled avatar's own generator, written by `lipsync-export --avatar DIR`: the embedded\n"
+    f"Python-backend model of {contract.EMBEDDED_MODEL} (1/model.py) on the avatar's weights."
+)
+# What client/avatar.triton_model_name produces: avatar names with '-' made '_' (Triton model names).
+_AVATAR_MODEL_NAME = re.compile(rf"^{re.escape(layout.AVATAR_MODEL_PREFIX)}[a-z][a-z0-9_]{{0,39}}$")
 
 # Backend line, instance group and anything model-specific, per model.
 _BODIES = {
@@ -81,14 +90,32 @@ def _tensor(spec: contract.TensorSpec) -> str:
 def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
     """The config.pbtxt text of one served model."""
     if model not in _BODIES:
-        raise ValueError(f"unknown model {model!r}; served models are {', '.join(contract.SERVED_MODELS)}")
+        raise ValueError(
+            f"unknown model {model!r}; served models are {', '.join(contract.SERVED_MODELS)} "
+            f"(an avatar's model: render_avatar_config)"
+        )
+    return _render(model, _HEADERS[model], like=model, max_batch=max_batch)
+
+
+def render_avatar_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
+    """The config.pbtxt text of an avatar's own model: the embedded model's body under the avatar's name."""
+    if not _AVATAR_MODEL_NAME.match(model):
+        raise ValueError(
+            f"avatar model name {model!r} is not valid: {layout.AVATAR_MODEL_PREFIX!r} and then an avatar name "
+            "(lower-case letters, digits and '_', starting with a letter; see client/avatar.triton_model_name)"
+        )
+    return _render(model, _AVATAR_HEADER, like=contract.EMBEDDED_MODEL, max_batch=max_batch)
+
+
+def _render(model: str, header: str, *, like: str, max_batch: int) -> str:
+    """config.pbtxt for `model` with the backend, instances and parameters of the served model `like`."""
     if not 1 <= max_batch:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     preferred = [b for b in contract.PREFERRED_BATCHES if b <= max_batch] or [max_batch]
-    header = _HEADERS[model].format(opt=min(contract.OPT_BATCH, max_batch), max=max_batch)
+    header = header.format(opt=min(contract.OPT_BATCH, max_batch), max=max_batch)
     lines = [f"# {line}" for line in header.splitlines()]
     lines.append("# Written by `lipsync-export` from client/contract.py; do not edit by hand.")
-    backend, instances = _BODIES[model]
+    backend, instances = _BODIES[like]
     lines += [
         f'name: "{model}"',
         backend,
@@ -107,7 +134,7 @@ def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
         f"  default_queue_policy {{ timeout_action: REJECT allow_timeout_override: true max_queue_size: {MAX_QUEUE_SIZE} }}",
         "}",
     ]
-    if model == contract.EMBEDDED_MODEL:
+    if like == contract.EMBEDDED_MODEL:
         lines += [
             f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
             for key, value in EMBEDDED_PARAMETERS.items()
@@ -126,9 +153,11 @@ def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
 
 
 def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH) -> Path:
+    """Write one model's config.pbtxt (an avatar's model gets the embedded model's body)."""
     path = config_path(repository, model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_config(model, max_batch=max_batch)
+    render = render_avatar_config if layout.is_avatar_model(model) else render_config
+    text = render(model, max_batch=max_batch)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
         log.info("wrote %s", path)
@@ -150,9 +179,9 @@ def install_file(source: Path, destination: Path) -> Path:
     return destination
 
 
-def install_python_model(repository: Path) -> Path:
-    """Copy the Python model's code into a repository other than the project's own."""
-    destination = artifact_path(repository, contract.EMBEDDED_MODEL, layout.PYTHON_MODEL_FILE)
+def install_python_model(repository: Path, model: str = contract.EMBEDDED_MODEL) -> Path:
+    """Copy the Python model's code into `model` of a repository (unless it is the project's own file)."""
+    destination = artifact_path(repository, model, layout.PYTHON_MODEL_FILE)
     source = artifact_path(layout.DEFAULT_REPOSITORY, contract.EMBEDDED_MODEL, layout.PYTHON_MODEL_FILE)
     if destination.resolve() != source.resolve():
         if not source.is_file():
@@ -183,4 +212,23 @@ def write_repository(
         written.append(install_file(checkpoint, target))
     if engine is not None:
         written.append(install_file(engine, artifact_path(repository, contract.TENSORRT_MODEL, layout.ENGINE_FILE)))
+    return written
+
+
+def write_avatar_model(
+    repository: Path,
+    model: str,
+    *,
+    onnx_fp32: Path,
+    checkpoint: Path,
+    max_batch: int = contract.MAX_BATCH,
+) -> list[Path]:
+    """Write an avatar's own model (config, the Python model's code, its ONNX and checkpoint) beside the
+    others; the served models' folders are not touched, so the default model keeps serving."""
+    if not layout.is_avatar_model(model):
+        raise ValueError(f"{model!r} is not an avatar model name (they start with {layout.AVATAR_MODEL_PREFIX!r})")
+    repository = Path(repository)
+    written = [write_config(repository, model, max_batch=max_batch), install_python_model(repository, model)]
+    written.append(install_file(onnx_fp32, artifact_path(repository, model, EMBEDDED_PARAMETERS["onnx_file"])))
+    written.append(install_file(checkpoint, artifact_path(repository, model, EMBEDDED_PARAMETERS["checkpoint"])))
     return written

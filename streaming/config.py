@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lipsync.client import contract
+from lipsync.client.avatar import load_avatars
 from lipsync.client.backends import BACKEND_NAMES, DEFAULT_TRITON_URL
 from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
@@ -23,6 +24,17 @@ MIC_INPUT_MS = 100
 
 def _opt(help: str, **kwargs: Any) -> Any:
     return field(metadata={"help": help, **kwargs.pop("meta", {})}, **kwargs)
+
+
+class AppendTuple(argparse.Action):
+    """A repeatable flag collected into a tuple: `--avatar A --avatar B` -> ("A", "B").
+
+    argparse's own "append" appends to the default in place, which a frozen config's tuple default
+    cannot take; this builds a new tuple each time instead.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, (*(getattr(namespace, self.dest) or ()), values))
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,13 @@ class GatewayConfig:
     )
     presenter_image: str | None = _opt("still face for presenter sessions", default=None)
     presenter_clip: str | None = _opt("looping face clip for presenter sessions", default=None)
+    avatars: tuple[str, ...] = _opt(
+        "an enrolled avatar folder (lipsync-train enroll); repeat for several. Each gets its own model "
+        "(backend=triton: its served model avatar_<name>; in-process: its own weights) and its loop as the "
+        'presenter face; an offer picks one with "avatar": NAME',
+        default=(),
+        meta={"flag": "--avatar", "action": AppendTuple, "metavar": "DIR"},
+    )
     ice_loopback: bool = _opt(
         "offer 127.0.0.1 as an ICE host candidate (loopback tests, same-host peers)", default=False
     )
@@ -113,6 +132,13 @@ class GatewayConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"{name} {path!r} is not a file")
+        if isinstance(self.avatars, str) or not all(isinstance(a, str | Path) for a in self.avatars):
+            raise ValueError(f"avatars must be a list of avatar folders, got {self.avatars!r}")
+        object.__setattr__(self, "avatars", tuple(str(a) for a in self.avatars))  # a JSON list becomes a tuple
+        # Checked here, so a bad folder (or one without the files this backend runs) stops the gateway at start.
+        for avatar in load_avatars(self.avatars).values():
+            if self.backend != "triton":
+                avatar.weights_for(self.backend)
 
     def delay_ms(self, speech: str = "microphone") -> int:
         """The added delay a session holds video and audio back by.
@@ -135,6 +161,14 @@ class GatewayConfig:
             "triton_model": self.model,
             "timeout_s": timeout,
         }
+
+    def avatar_backend_options(self, avatar) -> dict[str, Any]:
+        """create_backend keyword arguments for an avatar (client.avatar.Avatar): its own weights in-process,
+        its own served model on Triton; the deadline is the default backend's."""
+        options = self.backend_options()
+        options["triton_model"] = avatar.triton_model
+        options["weights"] = None if self.backend == "triton" else avatar.weights_for(self.backend)
+        return options
 
     def public(self) -> dict[str, Any]:
         """The resolved config without the secret, for logs and /healthz."""

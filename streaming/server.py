@@ -3,9 +3,10 @@
 The pieces it routes to: api.py (JSON refusals, bounded bodies, the token, log redaction),
 offer.py (what an offer must hold), speech_push.py (the two speech-push protocols).
 
-POST /offer takes {"sdp", "type": "offer"} (optionally "speech": "microphone"|"push" and
-"mode": "camera"|"presenter") and answers {"sdp", "type": "answer", "session_id"}, like
-aiortc's own examples. Every refusal is a JSON body {"error": ...} with a 4xx/5xx status.
+POST /offer takes {"sdp", "type": "offer"} (optionally "speech": "microphone"|"push",
+"mode": "camera"|"presenter" and "avatar": NAME, one of the --avatar folders: that avatar's own
+model, and in presenter mode its loop as the face) and answers {"sdp", "type": "answer",
+"session_id"}, like aiortc's own examples. Every refusal is a JSON body {"error": ...} with a 4xx/5xx status.
 
 Pushing speech to a session opened with "speech": "push":
 - WebSocket /speech/{session_id}?rate=24000: binary messages are PCM s16le mono at that rate;
@@ -37,6 +38,7 @@ from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
 from lipsync.streaming import speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
+from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
 from lipsync.streaming.config import GatewayConfig, parse_args
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
 from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
@@ -52,15 +54,23 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 class PeerSession:
-    """A session with its peer connection."""
+    """A session with its peer connection and the frame inference it uses (the default's or its avatar's)."""
 
-    def __init__(self, session: Session, pc: RTCPeerConnection) -> None:
+    def __init__(self, session: Session, pc: RTCPeerConnection, inference: FrameInference | None = None) -> None:
         self.session = session
         self.pc = pc
+        self.inference = inference
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, backend: LipSyncBackend | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        backend: LipSyncBackend | None = None,
+        avatar_backends: dict[str, LipSyncBackend] | None = None,
+    ) -> None:
+        """`backend` runs the default sessions; `avatar_backends` (by avatar name) may bring the avatars'
+        own. Those not given are created at start-up from the config, as the default one is."""
         self.config = config
         self.observer = GatewayObserver()
         self._backend = backend
@@ -75,6 +85,7 @@ class Gateway:
             self.presenter = PresenterSource.from_image(config.presenter_image)
         elif config.presenter_clip:
             self.presenter = PresenterSource.from_clip(config.presenter_clip)
+        self.avatars: dict[str, ServedAvatar] = load_served_avatars(config, avatar_backends)
         if config.ice_loopback:
             allow_loopback_candidates()
         redact_access_log()
@@ -96,24 +107,36 @@ class Gateway:
         app.on_shutdown.append(self._shutdown)
         return app
 
-    async def _startup(self, _app: web.Application) -> None:
-        if self._backend is None:
-            self._backend = create_backend(self.config.backend, **self.config.backend_options())
-        self.inference = FrameInference(
-            self._backend,
+    def _frame_inference(self, backend: LipSyncBackend) -> FrameInference:
+        return FrameInference(
+            backend,
             self.observer,
             timeout_s=self.config.backend_timeout_s,
             retry_s=self.config.backend_retry_s,
             max_in_flight=self.config.inference_concurrency * self.config.max_sessions,
         )
+
+    async def _startup(self, _app: web.Application) -> None:
+        if self._backend is None:
+            self._backend = create_backend(self.config.backend, **self.config.backend_options())
+        self.inference = self._frame_inference(self._backend)
+        warm_batch = min(8, self.config.inference_concurrency * self.config.max_sessions)
         if self.config.warmup:
-            await self.inference.warm_up(max_batch=min(8, self.config.inference_concurrency * self.config.max_sessions))
+            await self.inference.warm_up(max_batch=warm_batch)
+        for served in self.avatars.values():
+            if served.backend is None:
+                served.backend = avatar_backend(self.config, served.avatar)
+            served.inference = self._frame_inference(served.backend)
+            if self.config.warmup:
+                await served.inference.warm_up(max_batch=warm_batch)
         logger.info(
             "gateway ready: backend %s, added delay %d ms (microphone) / %d ms (pushed speech)",
             self._backend.name,
             self.config.delay_ms("microphone"),
             self.config.delay_ms("push"),
         )
+        if self.avatars:
+            logger.info("avatars: %s", ", ".join(f"{name} ({a.avatar.root})" for name, a in self.avatars.items()))
 
     async def _shutdown(self, _app: web.Application) -> None:
         await asyncio.gather(*(self.close_session(sid) for sid in list(self.peers)), return_exceptions=True)
@@ -126,6 +149,9 @@ class Gateway:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._backend is not None:
             await self._backend.aclose()
+        for served in self.avatars.values():
+            if served.backend is not None:
+                await served.backend.aclose()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -160,13 +186,14 @@ class Gateway:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         """200 when inference answers, 503 ("degraded") when it does not: the gateway then still
-        serves, passing faces through, but a load balancer should send new sessions elsewhere."""
+        serves, passing faces through, but a load balancer should send new sessions elsewhere.
+
+        The status is the default model's; each avatar's model is listed with whether it answers, so one
+        avatar not served (not exported, not loaded) does not mark the whole gateway down."""
         inference = self.inference
-        if inference is not None and inference.in_flight == 0:
-            stale = inference.last_answer is None or time.monotonic() - inference.last_answer > PROBE_AFTER_S
-            if stale or not inference.answering:  # nothing asked lately: ask, with a deadline
-                await inference.probe()
-        answering = bool(inference and inference.answering)
+        answering, *avatars_answering = await asyncio.gather(
+            _answering(inference), *(_answering(served.inference) for served in self.avatars.values())
+        )
         last = inference.last_answer if inference else None
         return web.json_response(
             {
@@ -183,6 +210,7 @@ class Gateway:
                 ),
                 "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_SOURCES},
                 "presenter": self.presenter is not None,
+                "avatars": dict(zip(self.avatars, avatars_answering, strict=True)),
             },
             status=200 if answering else 503,
         )
@@ -192,7 +220,9 @@ class Gateway:
 
     async def _read_offer(self, request: web.Request) -> tuple[str, SessionOptions]:
         data = await read_json_body(request, self.config.max_request_bytes, self.observer, "offer")
-        return parse_offer(data, self.config.max_sdp_bytes, self.observer, presenter=self.presenter is not None)
+        return parse_offer(
+            data, self.config.max_sdp_bytes, self.observer, presenter=self.presenter is not None, avatars=self.avatars
+        )
 
     async def offer(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -209,8 +239,12 @@ class Gateway:
             self._pending_offers -= 1
 
     async def _answer(self, sdp: str, options: SessionOptions) -> web.Response:
+        # A session with an avatar runs on that avatar's model, and presents its loop; otherwise the defaults.
+        served = self.avatars[options.avatar] if options.avatar is not None else None
+        inference = served.inference if served is not None else self.inference
+        presenter = served.presenter if served is not None else self.presenter
         pc = RTCPeerConnection(rtc_configuration())
-        session = Session(self.config, self.inference, self.observer, options=options, on_idle=self._on_idle)
+        session = Session(self.config, inference, self.observer, options=options, on_idle=self._on_idle)
         log = {"session_id": session.id}
 
         @pc.on("track")
@@ -229,8 +263,8 @@ class Gateway:
             logger.info("peer connection %s", pc.connectionState, extra=log)
             if pc.connectionState == "connected":
                 connected.set()
-            if pc.connectionState == "connected" and options.mode == "presenter" and self.presenter is not None:
-                session.run_presenter(self.presenter)
+            if pc.connectionState == "connected" and options.mode == "presenter" and presenter is not None:
+                session.run_presenter(presenter)
             elif pc.connectionState in ("failed", "closed"):
                 self._spawn(self.close_session(session.id), f"close-{session.id}")
 
@@ -253,9 +287,18 @@ class Gateway:
             self.observer.rejected("bad_sdp")
             logger.info("offer refused: %s", exc, extra=log)
             raise ApiError(400, f"cannot use this offer: {exc}") from exc
-        self.peers[session.id] = PeerSession(session, pc)
+        self.peers[session.id] = PeerSession(session, pc, inference)
         self._watch_connection(session.id, connected)
-        logger.info("session opened (%s speech, %s video)", options.speech, options.mode, extra=log)
+        if options.avatar is None:
+            logger.info("session opened (%s speech, %s video)", options.speech, options.mode, extra=log)
+        else:
+            logger.info(
+                "session opened (%s speech, %s video, avatar %s)",
+                options.speech,
+                options.mode,
+                options.avatar,
+                extra=log,
+            )
         return web.json_response(
             {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session.id},
             headers={"Location": f"/sessions/{session.id}"},
@@ -291,8 +334,9 @@ class Gateway:
         summary.update(
             speech=peer.session.options.speech,
             mode=peer.session.options.mode,
+            avatar=peer.session.options.avatar,
             connection=peer.pc.connectionState,
-            backend_available=bool(self.inference and self.inference.available),
+            backend_available=bool(peer.inference and peer.inference.available),
             speech_queued_s=round(peer.session.push_speech.queued_s, 3) if peer.session.push_speech else None,
         )
         return web.json_response(summary)
@@ -317,6 +361,15 @@ class Gateway:
         return await speech_push.http_body(request, self._push_target(request))
 
 
+async def _answering(inference: FrameInference | None) -> bool:
+    """Whether `inference` answers; when nothing asked it lately, a real request (with a deadline) asks."""
+    if inference is not None and inference.in_flight == 0:
+        stale = inference.last_answer is None or time.monotonic() - inference.last_answer > PROBE_AFTER_S
+        if stale or not inference.answering:  # nothing asked lately: ask, with a deadline
+            await inference.probe()
+    return bool(inference and inference.answering)
+
+
 class _SessionIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.session = f"[{record.session_id}] " if hasattr(record, "session_id") else ""
@@ -337,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("config: %s", json.dumps(config.public()))
     try:  # setup errors are fatal, and said plainly
         backend = create_backend(config.backend, **config.backend_options())
-        gateway = Gateway(config, backend=backend)
+        gateway = Gateway(config, backend=backend, avatar_backends=create_avatar_backends(config))
     except (BackendError, OSError, ValueError) as exc:
         print(f"lipsync-gateway: {exc}", file=sys.stderr)
         return 2

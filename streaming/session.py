@@ -97,12 +97,16 @@ class SessionOptions:
 
     speech: str = "microphone"  # the peer's audio track, or PCM pushed to /speech/{id}
     mode: str = "camera"  # the peer's video track, or the gateway's presenter face
+    # An enrolled avatar's name: its own model, and in presenter mode its loop as the face. None: the default.
+    avatar: str | None = None
 
     def __post_init__(self) -> None:
         if self.speech not in SPEECH_SOURCES:
             raise ValueError(f"'speech' must be one of {list(SPEECH_SOURCES)}, got {self.speech!r}")
         if self.mode not in VIDEO_SOURCES:
             raise ValueError(f"'mode' must be one of {list(VIDEO_SOURCES)}, got {self.mode!r}")
+        if self.avatar is not None and not isinstance(self.avatar, str):
+            raise ValueError(f"'avatar' must be a string (an avatar's name), got {type(self.avatar).__name__}")
 
 
 class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
@@ -254,7 +258,8 @@ class Session:
         self.faces = faces or FaceProcessor(
             compositor=Compositor(
                 config.blend,
-                still=options.mode == "presenter" and config.presenter_image is not None,
+                # An avatar's presenter face is its loop, a moving clip, whatever the gateway's own presenter is.
+                still=options.mode == "presenter" and options.avatar is None and config.presenter_image is not None,
                 landmark_every=config.landmark_every,
             )
         )

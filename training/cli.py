@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   lipsync-train corpus --out data/corpus --clips 3000
   lipsync-train preprocess videos/ --out data/lrs2_style --workers 2
+  lipsync-train enroll --video anna.mp4 --out avatars/anna --minutes 10
   lipsync-train expert --preset cpu-small --data-root data/corpus --out-dir runs/expert
   lipsync-train generator --preset cpu-small --data-root data/corpus --out-dir runs/generator \\
       --expert-checkpoint runs/expert/checkpoint_step000003000.pt
@@ -84,6 +85,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if "expert_accuracy" in report:
         summary["expert_accuracy"] = report["expert_accuracy"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_enroll(args: argparse.Namespace) -> int:
+    from lipsync.training.enroll.config import EnrollConfig
+    from lipsync.training.enroll.run import enroll
+
+    result = enroll(config_from_args(EnrollConfig, args))
+    print(json.dumps(result, indent=2, default=float))
     return 0
 
 
@@ -156,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p, EvaluateConfig)
     p.set_defaults(func=_run_evaluate)
+
+    from lipsync.training.enroll.config import EnrollConfig
+
+    p = sub.add_parser(
+        "enroll",
+        help="fine-tune the shipped generator on one recording of a person: an avatar folder",
+        description="From a recording of one person speaking (5 s to 10 min, any container PyAV reads): track the "
+        "face, fine-tune the shipped generator with L1, the frozen expert's sync loss and the quality "
+        "discriminator within --minutes, and write an avatar folder (weights, face track, reference still and "
+        "loop, report.json/png). Use it with lipsync --avatar DIR, lipsync-gateway --avatar DIR, "
+        "lipsync-export --avatar DIR.",
+    )
+    add_config_arguments(p, EnrollConfig)
+    p.set_defaults(func=_run_enroll)
 
     from lipsync.training import publish
 

@@ -332,7 +332,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         if default not in (None, ""):
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-            help_text += f" (paper default: {shown})"
+            help_text += f" ({'paper default' if presets else 'default'}: {shown})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

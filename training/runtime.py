@@ -340,6 +340,27 @@ class TrainLoop:
     def after_step(self, batch: list[torch.Tensor]) -> None:
         pass
 
+    def progress_bar(self):
+        """The run's tqdm bar: steps out of config.steps."""
+        return progress(self.config.steps, self.step, self.ctx.is_main, self.name)
+
+    def bar_advance(self) -> float:
+        return 1
+
+    def before_loop(self) -> None:
+        """Called once the loaders exist, before the first step (a baseline evaluation, say)."""
+
+    def eval_due(self, last: bool) -> bool:
+        return self.step % self.config.eval_interval == 0 or last
+
+    def should_stop(self) -> str | None:
+        """Checked after every step: a reason to end the run early (a time budget, a plateau), or None."""
+        return None
+
+    # Validation values shown in the progress bar after each evaluation, when the run has them.
+    bar_eval_keys: tuple[str, ...] = ()
+    checkpoint_each_eval = False  # also checkpoint after every evaluation (runs paced by time, not steps)
+
     # ---- checkpoints ----
     def save(self) -> Path | None:
         from lipsync.client.networks.checkpoints import save_checkpoint
@@ -401,7 +422,10 @@ class TrainLoop:
         self.val_loader = eval_loader(
             self.val_set, batch_size=cfg.batch_size, ctx=ctx, num_workers=min(cfg.num_workers, 1)
         )
-        bar = progress(cfg.steps, self.step, ctx.is_main, self.name)
+        self.before_loop()
+        bar = self.progress_bar()
+        shown: dict[str, str] = {}
+        stopped: str | None = None
         running: dict[str, float] = {}
         n_running, t_last, waited = 0, time.perf_counter(), 0.0
         t_asked = time.perf_counter()
@@ -422,12 +446,18 @@ class TrainLoop:
                     steps_per_s=n_running / (now - t_last), data_wait=waited / (now - t_last), **self.train_values()
                 )
                 self.metrics.log(self.step, "train", row)
-                bar.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "l1", "sync", "accuracy") if k in row})
+                shown.update({k: f"{row[k]:.4f}" for k in ("loss", "l1", "sync", "accuracy") if k in row})
+                bar.set_postfix(shown)
                 running, n_running, t_last, waited = {}, 0, now, 0.0
             self.after_step(batch)
-            if self.step % cfg.eval_interval == 0 or last:
+            evaluated = self.eval_due(last)
+            if evaluated:
                 self.last_eval = self.evaluate()
                 self.metrics.log(self.step, "val", self.last_eval)
+                shown.update(
+                    {f"val_{k}": f"{self.last_eval[k]:.3f}" for k in self.bar_eval_keys if k in self.last_eval}
+                )
+                bar.set_postfix(shown)
                 if ctx.is_main:
                     logger.info(
                         "%s step %d val %s",
@@ -435,9 +465,13 @@ class TrainLoop:
                         self.step,
                         ", ".join(f"{k}={v:.4f}" for k, v in self.last_eval.items()),
                     )
-            if self.step % cfg.checkpoint_interval == 0 or last:
+            stopped = self.should_stop()
+            if self.step % cfg.checkpoint_interval == 0 or last or stopped or (evaluated and self.checkpoint_each_eval):
                 self.save()
-            bar.update(1)
+            bar.update(self.bar_advance())
+            if stopped:
+                logger.info("%s stopped at step %d: %s", self.name, self.step, stopped)
+                break
             t_asked = time.perf_counter()
         bar.close()
-        return {"step": self.step, "last_eval": self.last_eval}
+        return {"step": self.step, "last_eval": self.last_eval, "stopped": stopped}

@@ -87,6 +87,13 @@ def initialise_from(model: Wav2Lip, path: str | Path, mask_bias: float = 0.0) ->
     return adapted
 
 
+def lower_half_psnr(generated: Tensor, gt: Tensor) -> Tensor:
+    """(B,) PSNR in dB of the lower half (rows 48:, what the generator must make) of 5-frame windows in [0, 1]."""
+    rows = slice(generated.shape[-2] // 2, None)
+    mse = ((generated[..., rows, :].float() - gt[..., rows, :].float()) ** 2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
 def sample_grid(x: Tensor, generated: Tensor, gt: Tensor, max_items: int = 2) -> np.ndarray:
     """BGR uint8 image: one row per frame, columns reference | masked input | generated | ground truth."""
     rows = []
@@ -180,12 +187,17 @@ class GeneratorTrainer(TrainLoop):
         loss = combine_generator_loss(l1, sync, adv, self.syncnet_wt, cfg.disc_wt)
         if mask_mean is not None:
             loss = loss + cfg.mask_wt * mask_mean
+        extra = self.extra_loss(x, indiv_mels, generated)
+        if extra is not None:
+            loss = loss + extra
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self._generated = generated.detach()
 
         out = {"loss": loss.item(), "l1": l1.item()}
+        if extra is not None:
+            out["extra"] = extra.item()
         if mask_mean is not None:
             out["mask"] = mask_mean.item()
         if isinstance(sync, Tensor):
@@ -207,6 +219,10 @@ class GeneratorTrainer(TrainLoop):
     def train_values(self) -> dict[str, float]:
         return {"syncnet_wt": self.syncnet_wt}
 
+    def extra_loss(self, x: Tensor, indiv_mels: Tensor, generated: Tensor) -> Tensor | None:
+        """A subclass's additional, already weighted loss term for this step (None: nothing added)."""
+        return None
+
     def after_step(self, batch: list[Tensor]) -> None:
         cfg = self.config
         if (
@@ -222,7 +238,7 @@ class GeneratorTrainer(TrainLoop):
         self.model.eval()
         if self.disc is not None:
             self.disc.eval()
-        sums: dict[str, float] = {"l1": 0.0, "sync": 0.0}
+        sums: dict[str, float] = {"l1": 0.0, "sync": 0.0, "lower_psnr": 0.0}
         if self.disc is not None:
             sums.update(adv=0.0, disc_real=0.0, disc_fake=0.0)
         count = 0
@@ -234,6 +250,7 @@ class GeneratorTrainer(TrainLoop):
             n = x.shape[0]
             sums["l1"] += l1_loss(g, gt).item() * n
             sums["sync"] += expert_sync_loss(self.expert, mel, g).item() * n
+            sums["lower_psnr"] += lower_half_psnr(g, gt).sum().item()
             if self.disc is not None:
                 fake_pred = self.disc(fold_time(g))
                 sums["adv"] += adversarial_loss(fake_pred, real=True).item() * n

@@ -262,12 +262,15 @@ class GeneratorDataset(_ClipDataset):
         self.mel_shift = mel_shift
 
     def _sample(self, clip: Clip, rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
-        mel = self.mels.get(clip.audio_path)
         start = int(rng.choice(clip.starts))
         others = [s for s in clip.starts if s != start]
         if not others:
             return None
-        ref_start = int(rng.choice(others))
+        return self.window_pair(clip, start, int(rng.choice(others)))
+
+    def window_pair(self, clip: Clip, start: int, ref_start: int) -> tuple[np.ndarray, ...] | None:
+        """The sample of target window `start` with reference window `ref_start`, or None when it does not fit."""
+        mel = self.mels.get(clip.audio_path)
         sync_mel = mel_window(mel, start)
         indiv = [mel_window(mel, start + t + self.mel_shift) for t in range(SYNC_T)]
         if sync_mel is None or any(m is None for m in indiv):
