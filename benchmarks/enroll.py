@@ -112,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = args.work or Path(tempfile.mkdtemp(prefix="enroll-bench-"))
     started = time.perf_counter()
-    other = write_recording(work / "other_session.mp4", person=PERSON, session=1, seconds=args.other_seconds)
+
+    def recording(name: str, session: int, seconds: float) -> Path:
+        path = work / name  # reused when --work already holds it: the same person, session and length
+        return path if path.is_file() else write_recording(path, person=PERSON, session=session, seconds=seconds)
+
+    other = recording(f"other_session_{args.other_seconds:.0f}s.mp4", 1, args.other_seconds)
     runs = []
     for seconds in args.lengths:
-        video = write_recording(work / f"recording_{seconds:.0f}s.mp4", person=PERSON, session=0, seconds=seconds)
+        video = recording(f"recording_{seconds:.0f}s.mp4", 0, seconds)
         out = work / f"avatar_{seconds:.0f}s"
         enroll(EnrollConfig(video=str(video), out=str(out), minutes=args.minutes, overwrite=True))
         report = json.loads((out / "report.json").read_text())

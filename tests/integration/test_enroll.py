@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -149,6 +150,7 @@ def test_a_short_recording_enrols_into_a_complete_avatar(recording, enrolled, ca
     assert "already holds avatar 'anna'" in caplog.text
     steps = json.loads((out / "avatar.json").read_text())["training"]["steps"]
     caplog.clear()
+    caplog.set_level(logging.INFO)
     assert _enroll(recording, out, "--minutes", "0.5", "--resume", "--report-seconds", "1.2") == 0
     assert "found in the cache" in caplog.text and "resumed enroll" in caplog.text
     assert json.loads((out / "avatar.json").read_text())["training"]["steps"] > steps
@@ -183,7 +185,9 @@ async def test_an_enrolled_avatar_drives_the_offline_command_the_gateway_and_tri
     manifest = json.loads((enrolled / "avatar.json").read_text())
     start, stop = manifest["reference"]["loop_frames"]
     boxes = [FaceBox(*b) for b in np.load(avatar.track)["boxes"][start:stop]]
-    speech = speech_file(tmp_path, "the enrolled avatar says something new with its own mouth")
+    speech = speech_file(  # longer than the 4 s loop, so the loop plays more than once
+        tmp_path, "the enrolled avatar says something new with its own mouth, and then it goes on talking for a while"
+    )
 
     # 1. offline: no face given, the avatar's loop is dubbed with its own weights
     report = run_lipsync("--avatar", enrolled, "--audio", speech, "--outfile", tmp_path / "out.mp4")

@@ -237,7 +237,9 @@ def test_sigterm_mid_job_leaves_a_playable_file_with_audio_cut_to_the_video(
     inputs: dict, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     """A stopped job keeps what it made: the MP4 is finished and its audio ends where its frames do."""
+    import re
     import signal
+    import threading
     import time
 
     import av
@@ -246,15 +248,32 @@ def test_sigterm_mid_job_leaves_a_playable_file_with_audio_cut_to_the_video(
     write_audio(long_speech, speech_like(60.0))  # a minute of audio: the job is far from done when stopped
     out = tmp_path / "stopped.mp4"
     job = subprocess.Popen(
-        [sys.executable, "-m", "lipsync.client.lipsync", "--quiet", "--face", str(inputs["video"]),
+        [sys.executable, "-m", "lipsync.client.lipsync", "--face", str(inputs["video"]),
          "--audio", str(long_speech), "--outfile", str(out), "--checkpoint_path", str(tiny_checkpoint),
          "--wav2lip_batch_size", "8"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    time.sleep(12)
+    # Stopped once frames are being written (its progress bar counts them), not after a fixed time: on a
+    # loaded machine 12 s once passed before the first frame, and the file then rightly had no video.
+    errors: list[str] = []
+
+    def pump() -> None:
+        for char in iter(lambda: job.stderr.read(1), ""):
+            errors.append(char)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job.poll() is None:
+        done = [int(n) for n in re.findall(r"\| *(\d+)/\d+ ", "".join(errors[-400:]))]
+        if done and done[-1] >= 24:
+            break
+        time.sleep(0.2)
     assert job.poll() is None, "the job ended before it could be stopped"
     job.send_signal(signal.SIGTERM)
-    _, stderr = job.communicate(timeout=60)
+    job.wait(timeout=60)
+    reader.join(timeout=10)
+    stderr = "".join(errors)
     assert job.returncode == 130, stderr
     assert "Traceback" not in stderr
     with av.open(str(out)) as container:
