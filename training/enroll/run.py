@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lipsync.client import avatar as layout
+from lipsync.client.contract import SAMPLE_RATE
 from lipsync.client.model_repository import SHIPPED_EXPERT, SHIPPED_GENERATOR
 from lipsync.client.networks.checkpoints import load_checkpoint, save_checkpoint
 from lipsync.client.networks.wav2lip import Wav2Lip
@@ -144,7 +145,7 @@ def enroll(config: EnrollConfig, *, progress: bool = True) -> dict:
 
     # Reference frames from the training part: the quietest stretch with a face on every frame.
     boxes = load_boxes(work / "track.npz")
-    wav = load_speech(video)[: track.frames * 640]
+    wav = load_speech(video)[: track.frames * (SAMPLE_RATE // FPS)]
     loudness = frame_loudness(wav, track.frames)
     loop = choose_loop(boxes, loudness, track.val_start, int(LOOP_SECONDS * FPS))
     still = choose_still(boxes, loudness, *loop)
