@@ -30,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from tqdm import tqdm
 
 from lipsync.benchmarks.machine import describe_machine, report_header
 from lipsync.benchmarks.peer import GatewayClient, av_offsets
@@ -158,11 +159,15 @@ async def run_soak(plan: SoakPlan, log) -> dict:
             gateway, url = await start_gateway(pipeline_plan, server.grpc_url, log)
             started = time.monotonic()
             until = started + 60 * plan.minutes
+            bar = tqdm(total=round(60 * plan.minutes), unit="s", desc="soak", file=sys.stderr)
             try:
                 sessions = asyncio.create_task(keep_sessions(url, plan, until, frames, speech, record))
                 restarted = False
                 while not sessions.done():
                     await sample(url, gateway.pid, server, started, samples)
+                    bar.n = min(bar.total, round(time.monotonic() - started))
+                    bar.set_postfix(sessions=record["sessions"], failed=len(record["failed_sessions"]), refresh=False)
+                    bar.refresh()
                     if not restarted and time.monotonic() - started > 30 * plan.minutes:
                         restarted = True
                         t0 = time.monotonic()
@@ -176,6 +181,7 @@ async def run_soak(plan: SoakPlan, log) -> dict:
                 await asyncio.sleep(3.0)  # closings reach the gateway
                 await sample(url, gateway.pid, server, started, samples)
             finally:
+                bar.close()
                 await stop_gateway(gateway)
     return summarise(plan, record, samples, restart, started)
 

@@ -43,6 +43,7 @@ from lipsync.client.video_io import (
     FaceSourceInfo,
     MediaError,
     Mp4Writer,
+    VideoDecodeCounts,
     iter_face_frames,
     probe_face_source,
     trim_audio_to_video,
@@ -172,6 +173,7 @@ class LipSyncReport:
     frames_default_mouth: int = 0  # blend "mouth" without landmarks: the mask drawn where a mouth usually is
     audio_corrupt_packets: int = 0  # replaced by silence of their length, so sync holds after them
     audio_concealed_seconds: float = 0.0
+    video_corrupt_packets: int = 0  # each replaced by the frame before it, so the frames after keep their time
     audio_seconds: float = 0.0
     fps: float = 0.0
     width: int = 0
@@ -252,10 +254,12 @@ def describe_weights(backend: LipSyncBackend) -> str:
     return f"{kind} ({source})" if source else kind
 
 
-def numbered_frames(info: FaceSourceInfo, config: LipSyncConfig) -> Iterator[tuple[bool, np.ndarray]]:
+def numbered_frames(
+    info: FaceSourceInfo, config: LipSyncConfig, counts: VideoDecodeCounts | None = None
+) -> Iterator[tuple[bool, np.ndarray]]:
     """(starts_a_new_loop, frame) pairs; the tracker is reset when a short clip loops back to its start."""
     index = 0
-    for frame in iter_face_frames(info):
+    for frame in iter_face_frames(info, counts):
         yield (index % info.frame_count == 0 and not info.is_still), transform_frame(frame, config)
         index += 1
 
@@ -318,7 +322,8 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     still_box = None  # a still image is detected once and the box reused, as the original did
 
     writer = Mp4Writer(config.outfile, width=width, height=height, fps=fps)
-    frames = numbered_frames(info, config)
+    video_counts = VideoDecodeCounts()
+    frames = numbered_frames(info, config, video_counts)
     bar = tqdm(total=n_frames, unit="frame", desc="lipsync", disable=not progress)
     try:
         with timer.stage("audio encode"):
@@ -385,6 +390,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         backend.close()
         compositor.close()
         report.frames_default_mouth = compositor.stats.default_shape_frames
+        report.video_corrupt_packets = video_counts.corrupt_packets
     report.wall_seconds = time.perf_counter() - started
     report.stage_seconds = timer.as_dict()
     report.summary = timer.summary(report.frames, report.wall_seconds)
@@ -435,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
             f"(passed through), {report.frames_passed_through} passed through after backend errors"
         )
+        if report.video_corrupt_packets:
+            print(f"video: {report.video_corrupt_packets} corrupt packets, each replaced by the frame before it")
         if report.audio_corrupt_packets:
             print(
                 f"audio: {report.audio_corrupt_packets} corrupt packets replaced by "

@@ -71,7 +71,7 @@ def probe_face_source(path: str | Path, *, static: bool = False, fps: float = 25
             if static:
                 count = 1
             elif not count:
-                count = sum(1 for _ in container.decode(stream))
+                count = sum(1 for _ in decoded_or_concealed(container, stream, path))
             width, height = stream.codec_context.width, stream.codec_context.height
     except av.FFmpegError as exc:
         raise MediaError(f"cannot read video {path}: {exc}") from exc
@@ -80,8 +80,72 @@ def probe_face_source(path: str | Path, *, static: bool = False, fps: float = 25
     return FaceSourceInfo(path, video_fps, width, height, max(1, count), static)
 
 
-def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Decode every frame of a video as BGR uint8; a corrupt packet mid-file ends the stream with a warning."""
+@dataclass
+class VideoDecodeCounts:
+    """What decoding a video stream concealed: packets that did not decode, each replaced by a frame."""
+
+    corrupt_packets: int = 0
+
+
+def decoded_or_concealed(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    path: Path,
+    counts: VideoDecodeCounts | None = None,
+) -> Iterator[av.VideoFrame | float | None]:
+    """Every frame of `stream`, decoded packet by packet; a packet the decoder refuses yields its
+    time in seconds (None when unknown) in place of a frame.
+
+    A packet the decoder refuses (InvalidDataError: a damaged file, a bad sector) stands for one
+    frame; yielding a placeholder rather than ending the stream keeps everything after it in its
+    place in time, which lip sync depends on. Each is counted in `counts` and logged.
+    """
+    concealed = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as exc:
+            concealed += 1
+            if counts is not None:
+                counts.corrupt_packets += 1
+            if concealed == 1:  # one line for the first, a count at the end: a damaged file must not flood the log
+                log.warning("%s: a corrupt video packet (%s) is replaced by the previous frame", path, exc)
+            known = packet.pts is not None and stream.time_base is not None
+            yield float(packet.pts * stream.time_base) if known else None
+            continue
+        yield from frames
+    if concealed > 1:
+        log.warning("%s: %d corrupt video packets in all, each replaced by the previous frame", path, concealed)
+
+
+def decode_bgr_frames(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    path: Path,
+    counts: VideoDecodeCounts | None = None,
+) -> Iterator[tuple[np.ndarray, float | None]]:
+    """(BGR uint8 frame, time in seconds or None) for every frame of `stream`; a corrupt packet is
+    replaced by the last good frame (one at the very start by the first good one), see decoded_or_concealed."""
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    last: np.ndarray | None = None
+    last_time: float | None = None
+    owed = 0
+    for item in decoded_or_concealed(container, stream, path, counts):
+        if isinstance(item, av.VideoFrame):
+            last, last_time = item.to_ndarray(format="bgr24"), item.time
+            for _ in range(owed + 1):
+                yield last, last_time
+            owed = 0
+        elif last is None:
+            owed += 1
+        else:
+            last_time = item if item is not None else (None if last_time is None else last_time + 1.0 / rate)
+            yield last, last_time
+
+
+def iter_video_frames(path: str | Path, counts: VideoDecodeCounts | None = None) -> Iterator[np.ndarray]:
+    """Decode every frame of a video as BGR uint8. A packet that does not decode is replaced by the
+    previous frame and counted (see decode_bgr_frames); a broken container ends the stream with a warning."""
     path = Path(path)
     try:
         container = av.open(str(path))
@@ -91,24 +155,30 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="bgr24")
+            for image, _ in decode_bgr_frames(container, stream, path, counts):
+                yield image
         except av.FFmpegError as exc:
             log.warning("decoding %s stopped early: %s", path, exc)
 
 
-def iter_face_frames(info: FaceSourceInfo) -> Iterator[np.ndarray]:
-    """Frames of the face input, looping forward forever (the caller stops when the audio ends)."""
+def iter_face_frames(info: FaceSourceInfo, counts: VideoDecodeCounts | None = None) -> Iterator[np.ndarray]:
+    """Frames of the face input, looping forward forever (the caller stops when the audio ends).
+
+    Corrupt packets are counted in `counts` on the first pass only (each loop meets the same ones)."""
     if info.is_still:
-        image = read_image(info.path) if is_image_file(info.path) else next(iter_video_frames(info.path))
+        image = read_image(info.path) if is_image_file(info.path) else next(iter_video_frames(info.path, counts), None)
+        if image is None:
+            raise MediaError(f"no decodable frames in {info.path}")
         while True:
             yield image
     warned = False
+    first_pass = True
     while True:
         produced = 0
-        for frame in iter_video_frames(info.path):
+        for frame in iter_video_frames(info.path, counts if first_pass else None):
             produced += 1
             yield frame
+        first_pass = False
         if produced == 0:
             raise MediaError(f"no decodable frames in {info.path}")
         if not warned and produced < 0.9 * info.frame_count:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -37,8 +38,11 @@ async def json_errors(request: web.Request, handler):
         raise ApiError(exc.status, exc.reason or exc.text or "refused") from exc
 
 
-async def read_json_body(request: web.Request, limit: int, observer: GatewayObserver, what: str) -> object:
-    """The request's JSON body, read to its end (it may arrive in several TCP segments), at most `limit` bytes."""
+async def read_json_body(
+    request: web.Request, limit: int, observer: GatewayObserver, what: str, timeout_s: float = 10.0
+) -> object:
+    """The request's JSON body, read to its end (it may arrive in several TCP segments), at most `limit`
+    bytes, within `timeout_s`: a client that stalls mid-body gets 408 instead of holding a handler."""
     if request.content_type != "application/json":
         observer.rejected("content_type")
         raise ApiError(415, f"POST /{what} needs Content-Type application/json, got {request.content_type!r}")
@@ -46,11 +50,16 @@ async def read_json_body(request: web.Request, limit: int, observer: GatewayObse
         observer.rejected("too_large")
         raise ApiError(413, f"{what} body of {request.content_length} bytes is over the {limit}-byte limit")
     body = bytearray()
-    while len(body) <= limit:
-        piece = await request.content.read(limit + 1 - len(body))
-        if not piece:
-            break
-        body += piece
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(body) <= limit:
+                piece = await request.content.read(limit + 1 - len(body))
+                if not piece:
+                    break
+                body += piece
+    except TimeoutError as exc:
+        observer.rejected("slow_client")
+        raise ApiError(408, f"{what} body not received within {timeout_s:g} s ({len(body)} bytes arrived)") from exc
     if len(body) > limit:
         observer.rejected("too_large")
         raise ApiError(413, f"{what} body is over the {limit}-byte limit")

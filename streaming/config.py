@@ -93,6 +93,11 @@ class GatewayConfig:
     connect_timeout_s: float = _opt(
         "close a session whose peer has not connected (ICE + DTLS) this long after its offer", default=15.0
     )
+    client_timeout_s: float = _opt(
+        "a client gets this long to send a request body, and a speech socket this long to read each reply; "
+        "slower ones are answered 408 or disconnected, so a stalled client holds nothing",
+        default=10.0,
+    )
     log_level: str = _opt("logging level", default="INFO")
 
     def __post_init__(self) -> None:
@@ -100,6 +105,8 @@ class GatewayConfig:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 < self.connect_timeout_s <= 300:
             raise ValueError(f"connect_timeout_s must be in (0, 300], got {self.connect_timeout_s}")
+        if not 0 < self.client_timeout_s <= 300:
+            raise ValueError(f"client_timeout_s must be in (0, 300], got {self.client_timeout_s}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 1 <= self.fps <= 60:

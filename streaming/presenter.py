@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lipsync.client.video_io import VideoDecodeCounts, decode_bgr_frames
+
 logger = logging.getLogger(__name__)
 
 MAX_CLIP_FRAMES = 750  # 30 s at 25 fps held in memory
@@ -56,10 +58,12 @@ class PresenterSource:
         import av
 
         frames = []
+        counts = VideoDecodeCounts()
         try:
             with av.open(str(path)) as container:
-                for frame in container.decode(video=0):
-                    frames.append(_even(frame.to_ndarray(format="bgr24")))
+                stream = container.streams.video[0]
+                for image, _ in decode_bgr_frames(container, stream, Path(path), counts):
+                    frames.append(_even(image))
                     if len(frames) >= max_frames:
                         logger.info("%s: using the first %d frames as the loop", path, max_frames)
                         break

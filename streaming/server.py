@@ -60,6 +60,7 @@ class PeerSession:
         self.session = session
         self.pc = pc
         self.inference = inference
+        self.speech_sockets: set[speech_push.SpeechSocket] = set()  # closed with the session
 
 
 class Gateway:
@@ -177,6 +178,7 @@ class Gateway:
         peer = self.peers.pop(session_id, None)
         if peer is None:
             return
+        await asyncio.gather(*(sock.close("session closed") for sock in list(peer.speech_sockets)))
         await peer.session.aclose()
         await peer.pc.close()
 
@@ -219,7 +221,9 @@ class Gateway:
         return web.Response(body=self.observer.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _read_offer(self, request: web.Request) -> tuple[str, SessionOptions]:
-        data = await read_json_body(request, self.config.max_request_bytes, self.observer, "offer")
+        data = await read_json_body(
+            request, self.config.max_request_bytes, self.observer, "offer", self.config.client_timeout_s
+        )
         return parse_offer(
             data, self.config.max_sdp_bytes, self.observer, presenter=self.presenter is not None, avatars=self.avatars
         )
@@ -347,18 +351,31 @@ class Gateway:
         await self.close_session(peer.session.id)
         return web.json_response({"closed": peer.session.id})
 
-    def _push_target(self, request: web.Request):
+    def _push_peer(self, request: web.Request) -> PeerSession:
         self._authorize(request)
         peer = self._peer(request)
         if peer.session.push_speech is None:
             raise ApiError(409, f'session {peer.session.id} uses its microphone; open it with "speech": "push"')
-        return peer.session.push_speech
+        return peer
 
     async def speech_ws(self, request: web.Request) -> web.WebSocketResponse:
-        return await speech_push.websocket(request, self._push_target(request), self.config.max_speech_message_bytes)
+        peer = self._push_peer(request)
+        socket = speech_push.SpeechSocket(
+            request,
+            peer.session.push_speech,
+            self.config.max_speech_message_bytes,
+            self.config.client_timeout_s,
+            on_stalled=lambda: self.observer.rejected("slow_client"),
+        )
+        peer.speech_sockets.add(socket)
+        try:
+            return await socket.serve()
+        finally:
+            peer.speech_sockets.discard(socket)
 
     async def speech_http(self, request: web.Request) -> web.Response:
-        return await speech_push.http_body(request, self._push_target(request))
+        push = self._push_peer(request).session.push_speech
+        return await speech_push.http_body(request, push, self.config.client_timeout_s)
 
 
 async def _answering(inference: FrameInference | None) -> bool:

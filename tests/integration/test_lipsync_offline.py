@@ -370,3 +370,28 @@ def test_one_corrupt_audio_packet_is_concealed_not_fatal(inputs: dict, tiny_chec
     with av.open(str(out)) as container:
         samples = sum(f.samples for f in container.decode(audio=0))
     assert abs(samples / 48_000 - seconds) < 0.1
+
+
+def test_one_corrupt_video_packet_is_concealed_not_fatal(inputs: dict, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A face video with one scrambled H.264 packet: the job finishes, says so, and keeps its length."""
+    face = tmp_path / "damaged.mp4"
+    face.write_bytes(inputs["video"].read_bytes())
+    with av.open(str(face)) as container:
+        pos, size = [(p.pos, p.size) for p in container.demux(video=0) if p.size][20]
+    data = bytearray(face.read_bytes())
+    data[pos + size // 4 : pos + size] = bytes(b ^ 0x5A for b in data[pos + size // 4 : pos + size])
+    face.write_bytes(bytes(data))
+    with av.open(str(face)) as container, pytest.raises(av.error.InvalidDataError):
+        for _ in container.decode(video=0):  # what the job did before: the whole input refused or cut short
+            pass
+    out = tmp_path / "out.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "lipsync.client.lipsync", "--face", str(face), "--audio", str(inputs["audio"]),
+         "--outfile", str(out), "--checkpoint_path", str(tiny_checkpoint)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "video: 1 corrupt packets, each replaced by the frame before it" in result.stdout, result.stdout
+    report = json.loads(out.with_suffix(".json").read_text())["report"]
+    assert report["video_corrupt_packets"] == 1
+    assert len(decode_frames(out)) == report["frames"] >= int(SECONDS * FPS)  # as long as the speech

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -318,4 +319,113 @@ async def test_many_offers_at_once_beyond_the_cap() -> None:
     finally:
         for pc, _ in peers:
             await pc.close()
+        await client.close()
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One masked client text frame (RFC 6455 5.2), written by hand so the test owns the socket."""
+    assert len(payload) < 126
+    mask = b"\x01\x02\x03\x04"
+    return b"\x81" + bytes([0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_speech_client_that_never_reads_is_disconnected_and_holds_nothing() -> None:
+    """It sends messages as fast as it can and reads no reply: the gateway's writes would block
+    forever. Past the client timeout it is cut off; meanwhile everything else answers at once."""
+    import socket
+
+    client, gateway = await make_client(client_timeout_s=1.0, max_sessions=1)
+    try:
+        pc, sdp = await real_offer(speech=False)
+        sid = (await (await client.post("/offer", json={"sdp": sdp, "type": "offer", "speech": "push"})).json())[
+            "session_id"
+        ]
+        loop = asyncio.get_running_loop()
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
+        raw.setblocking(False)  # the gateway runs on this event loop: the test's socket must not block it
+        await loop.sock_connect(raw, (client.server.host, client.server.port))
+        await loop.sock_sendall(
+            raw,
+            f"GET /speech/{sid}?rate=16000 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode(),
+        )
+        assert (await asyncio.wait_for(loop.sock_recv(raw, 4096), 5)).startswith(b"HTTP/1.1 101")
+        # The server's kernel buffer kept small too (as on a congested path), so the replies to a few
+        # thousand messages fill everything on the way back.
+        (server_side,) = gateway.peers[sid].speech_sockets
+        server_side.request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        message = ws_text_frame(b"x" * 100)  # not JSON: each is answered with an error quoting 80 bytes of it
+        sent, started = 0, time.monotonic()
+        while time.monotonic() - started < 5.0:  # until the gateway stops reading what we send
+            try:
+                sent += raw.send(message * 64)
+            except BlockingIOError:
+                await asyncio.sleep(0.05)  # the gateway may still be reading: let it
+                try:
+                    sent += raw.send(message)
+                except BlockingIOError:
+                    break
+            await asyncio.sleep(0)
+        assert sent > 300_000, sent  # the replies to this much fill every buffer on the way back
+        t0 = time.monotonic()
+        health = await client.get("/healthz")
+        assert health.status == 200 and time.monotonic() - t0 < 1.0  # the stalled writer blocks no one else
+        for _ in range(60):  # cut off within the 1-s reply deadline (plus the writes before it)
+            metrics = await (await client.get("/metrics")).text()
+            if 'lipsync_requests_rejected_total{reason="slow_client"} 1.0' in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert 'lipsync_requests_rejected_total{reason="slow_client"} 1.0' in metrics
+        assert gateway.peers[sid].speech_sockets == set()
+        with contextlib.suppress(ConnectionResetError):
+            while await asyncio.wait_for(loop.sock_recv(raw, 1 << 20), 5):  # buffered replies, then the end
+                pass
+        raw.close()
+        t0 = time.monotonic()
+        assert (await client.delete(f"/sessions/{sid}")).status == 200 and time.monotonic() - t0 < 2.0
+        pc2, sdp2 = await real_offer()
+        assert (await client.post("/offer", json={"sdp": sdp2, "type": "offer"})).status == 200  # the slot is back
+        await pc.close()
+        await pc2.close()
+    finally:
+        await client.close()
+
+
+async def test_closing_a_session_closes_its_speech_socket() -> None:
+    client, gateway = await make_client()
+    try:
+        pc, sdp = await real_offer(speech=False)
+        sid = (await (await client.post("/offer", json={"sdp": sdp, "type": "offer", "speech": "push"})).json())[
+            "session_id"
+        ]
+        async with client.ws_connect(f"/speech/{sid}?rate=16000") as ws:
+            await ws.send_bytes(b"\0\0" * 160)
+            assert (await ws.receive_json())["type"] == "queued"
+            assert (await client.delete(f"/sessions/{sid}")).status == 200
+            closing = await asyncio.wait_for(ws.receive(), 5)
+            # 1001 "going away", with the reason: the session ended, not an error of the client
+            assert (closing.type.name, closing.data, closing.extra) == ("CLOSE", 1001, "session closed"), closing
+        assert gateway.peers == {}
+        await pc.close()
+    finally:
+        await client.close()
+
+
+async def test_an_offer_body_that_stalls_gets_408_within_the_client_timeout() -> None:
+    client, _ = await make_client(client_timeout_s=1.0)
+    try:
+        body = json.dumps({"sdp": "v=0", "type": "offer"}).encode()
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        head = (
+            f"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:10])  # and the rest never comes
+        await writer.drain()
+        t0 = time.monotonic()
+        reply = (await asyncio.wait_for(reader.read(4096), 5)).decode()
+        writer.close()
+        assert reply.startswith("HTTP/1.1 408") and "not received within 1 s" in reply, reply
+        assert 0.9 < time.monotonic() - t0 < 3.0
+    finally:
         await client.close()

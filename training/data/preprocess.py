@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from lipsync.client.contract import SAMPLE_RATE
+from lipsync.client.video_io import decode_bgr_frames
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,8 @@ def frames_at_fps(path: Path, fps: int = FPS) -> Iterator[tuple[int, np.ndarray]
         rate = float(stream.average_rate or stream.guessed_rate or fps)
         k = 0
         prev: tuple[np.ndarray, float] | None = None
-        for i, frame in enumerate(container.decode(stream)):
-            t = float(frame.time) if frame.time is not None else i / rate
-            image = frame.to_ndarray(format="bgr24")
+        for i, (image, time) in enumerate(decode_bgr_frames(container, stream, path)):
+            t = float(time) if time is not None else i / rate
             if prev is not None:
                 boundary = (prev[1] + t) / 2.0
                 while k / fps < boundary:
