@@ -19,6 +19,29 @@ FACE_SIZE = 96  # the generator works on 96x96 BGR crops in [0, 1]
 FACE_CHANNELS = 6  # [masked target (BGR), reference (BGR)]
 MASK_START_ROW = FACE_SIZE // 2  # rows 48..95 of the target are zeroed
 
+# The look-ahead (docs/latency.md): the mel window of video frame t starts `mel_offset` columns
+# (12.5 ms each) from t's own column. The released network and offset 0 reach 200 ms ahead; a
+# model trained with offset -10 needs only 75 ms of future audio. The offset belongs to the
+# weights: it is saved in the checkpoint's config and in the exported model's metadata, and
+# whatever cuts mel windows reads it from there.
+MEL_COLUMN_MS = 1000 / MEL_FRAMES_PER_SECOND  # 12.5
+FULL_LOOKAHEAD_MS = MEL_WINDOW_FRAMES * MEL_COLUMN_MS  # 200 ms: offset 0
+MEL_OFFSET_RANGE = (-MEL_WINDOW_FRAMES, 0)  # from a window wholly in the past to the released alignment
+MEL_OFFSET_METADATA_KEY = "mel_offset"  # ONNX metadata_props and Triton model-config parameter
+
+
+def lookahead_ms(mel_offset: int) -> float:
+    """How far past a frame's time its mel window reaches, in ms, for a model trained with `mel_offset`."""
+    check_mel_offset(mel_offset)
+    return FULL_LOOKAHEAD_MS + MEL_COLUMN_MS * mel_offset
+
+
+def check_mel_offset(mel_offset: object) -> int:
+    low, high = MEL_OFFSET_RANGE
+    if isinstance(mel_offset, bool) or not isinstance(mel_offset, int) or not low <= mel_offset <= high:
+        raise ValueError(f"mel_offset must be an integer number of mel columns in [{low}, {high}], got {mel_offset!r}")
+    return mel_offset
+
 
 @dataclass(frozen=True)
 class TensorSpec:

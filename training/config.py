@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lipsync.client.cli_config import config_from_mapping
+from lipsync.client.contract import check_mel_offset
 
 T = TypeVar("T")
 
@@ -165,6 +166,13 @@ class GeneratorTrainConfig(RunConfig):
         default=-1,
         metadata={"help": "video-frame shift of each frame's mel window (-1 = the original's get_segmented_mels)"},
     )
+    mel_offset: int = field(
+        default=0,
+        metadata={
+            "help": "mel columns (12.5 ms) each frame's window starts from its own: 0 reaches 200 ms ahead, "
+            "-10 only 75 ms (a low-look-ahead live model); saved with the weights"
+        },
+    )
     steps: int = field(default=300_000, metadata={"help": "total optimiser steps"})
     eval_interval: int = field(default=3000, metadata={"help": "steps between validation runs (and the switch test)"})
     eval_batches: int = field(default=300, metadata={"help": "validation batches per evaluation"})
@@ -191,6 +199,10 @@ class GeneratorTrainConfig(RunConfig):
             )
         if not -2 <= self.mel_shift <= 2:
             raise ConfigError(f"GeneratorTrainConfig.mel_shift must be in [-2, 2], got {self.mel_shift}")
+        try:
+            check_mel_offset(self.mel_offset)
+        except ValueError as exc:
+            raise ConfigError(f"GeneratorTrainConfig.{exc}") from exc
         self._check_run()
 
 

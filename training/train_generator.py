@@ -125,7 +125,7 @@ class GeneratorTrainer(TrainLoop):
             raise ValueError("mask_wt > 0 reads the composite head's mask outside DDP's forward: train on one process")
         seed_everything(config.seed)
         device = ctx.device
-        self.model = Wav2Lip(Wav2LipConfig(width=config.width, head=config.head))
+        self.model = Wav2Lip(Wav2LipConfig(width=config.width, head=config.head, mel_offset=config.mel_offset))
         if config.init_from and resume is None:
             adapted = initialise_from(self.model, config.init_from, config.mask_init_bias)
             logger.info("initialised from %s (adapted: %s)", config.init_from, ", ".join(adapted) or "none")
@@ -152,7 +152,12 @@ class GeneratorTrainer(TrainLoop):
             if self.disc is not None:
                 self.d_train = DistributedDataParallel(self.disc, device_ids=ids)
 
-        common = {"seed": config.seed, "mel_cache_mb": config.mel_cache_mb, "mel_shift": config.mel_shift}
+        common = {
+            "seed": config.seed,
+            "mel_cache_mb": config.mel_cache_mb,
+            "mel_shift": config.mel_shift,
+            "mel_offset": config.mel_offset,
+        }
         self.train_set = GeneratorDataset(config.data_root, "train", **common)
         per_clip = samples_per_clip(config.eval_batches * config.batch_size * ctx.world_size, config.data_root, "val")
         self.val_set = GeneratorDataset(config.data_root, "val", fixed=True, samples_per_clip=per_clip, **common)

@@ -39,6 +39,14 @@ class LipSyncBackend(ABC):
     name: str = "backend"
     #: Largest batch one call accepts; larger inputs are split by `infer`.
     max_batch: int = contract.MAX_BATCH
+    #: The audio alignment the served weights were trained with (contract.lookahead_ms): read by each
+    #: backend from what it loads (checkpoint config, ONNX metadata, Triton model config), 0 if unsaid.
+    mel_offset: int = 0
+
+    @property
+    def lookahead_ms(self) -> float:
+        """How far past a frame's time its mel window must reach for this model."""
+        return contract.lookahead_ms(self.mel_offset)
 
     def infer(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """Run a batch of any size, splitting it into chunks of at most `max_batch`."""

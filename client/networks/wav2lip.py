@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lipsync.client.contract import check_mel_offset
 from lipsync.client.networks.blocks import Conv2d, Conv2dTranspose, check_width, scaled_channels
 from lipsync.client.networks.checkpoints import WidthProbe, model_from_checkpoint
 
@@ -35,9 +36,13 @@ class Wav2LipConfig:
 
     width: float = 1.0
     head: str = "image"
+    # Not a layer: the audio alignment the weights were trained with (contract.lookahead_ms). Kept
+    # here because this config travels with the weights into every file made from them.
+    mel_offset: int = 0
 
     def __post_init__(self) -> None:
         check_width(self.width, smallest=16, owner=type(self).__name__)
+        check_mel_offset(self.mel_offset)
         if self.head not in HEADS:
             raise ValueError(f"{type(self).__name__}.head must be one of {list(HEADS)}, got {self.head!r}")
 

@@ -449,7 +449,7 @@ def test_composite_head_grows_from_an_image_head_and_trains(corpus: Path, tmp_pa
     args += ["--expert-checkpoint", str(SHIPPED_EXPERT), "--head", "composite", "--mask-wt", "0.01"]
     _train([*args, "--init-from", str(source), "--mask-init-bias", "1.5", "--keep-checkpoints", "0"])
     ckpt = load_checkpoint(out / "checkpoint_step000000002.pt")
-    assert ckpt["config"] == {"width": 0.25, "head": "composite"}
+    assert ckpt["config"] == {"width": 0.25, "head": "composite", "mel_offset": 0}
     model = Wav2Lip.from_checkpoint(out / "checkpoint_step000000002.pt")
     assert model.config.head == "composite"
     weight, bias = ckpt["model"]["output_block.1.weight"], ckpt["model"]["output_block.1.bias"]

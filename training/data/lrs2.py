@@ -134,9 +134,10 @@ class MelCache:
         return mel
 
 
-def mel_window(mel: np.ndarray, frame: int) -> np.ndarray | None:
-    """(1, 80, 16) window of `frame`, or None when it does not fit (a rejected sample in the original)."""
-    start = mel_start(frame)
+def mel_window(mel: np.ndarray, frame: int, mel_offset: int = 0) -> np.ndarray | None:
+    """(1, 80, 16) window of `frame`, starting `mel_offset` columns from the frame's own (contract.lookahead_ms),
+    or None when it does not fit (a rejected sample in the original)."""
+    start = mel_start(frame) + mel_offset
     if start < 0 or start + MEL_WINDOW_FRAMES > mel.shape[1]:
         return None
     return mel[None, :, start : start + MEL_WINDOW_FRAMES]
@@ -254,12 +255,15 @@ class GeneratorDataset(_ClipDataset):
 
     x is [target window with rows 48: zeroed, reference window]: the reference is another window
     of the same clip. Frame f0+t gets the mel window of frame f0+t+mel_shift (-1 in the original's
-    `get_segmented_mels`); `mel` is the window of f0, for the expert's sync loss.
+    `get_segmented_mels`), moved by `mel_offset` columns (a low-look-ahead model); `mel` is the
+    window of f0 as the expert was trained on it (offset 0), for the sync loss: the generator hears
+    earlier audio, but its mouths must be in sync with the audio at their own time.
     """
 
-    def __init__(self, root: str | Path, split: str, *, mel_shift: int = -1, **kwargs) -> None:
+    def __init__(self, root: str | Path, split: str, *, mel_shift: int = -1, mel_offset: int = 0, **kwargs) -> None:
         super().__init__(root, split, **kwargs)
         self.mel_shift = mel_shift
+        self.mel_offset = mel_offset
 
     def _sample(self, clip: Clip, rng: np.random.Generator) -> tuple[np.ndarray, ...] | None:
         start = int(rng.choice(clip.starts))
@@ -272,7 +276,7 @@ class GeneratorDataset(_ClipDataset):
         """The sample of target window `start` with reference window `ref_start`, or None when it does not fit."""
         mel = self.mels.get(clip.audio_path)
         sync_mel = mel_window(mel, start)
-        indiv = [mel_window(mel, start + t + self.mel_shift) for t in range(SYNC_T)]
+        indiv = [mel_window(mel, start + t + self.mel_shift, self.mel_offset) for t in range(SYNC_T)]
         if sync_mel is None or any(m is None for m in indiv):
             return None
         target = self._read_window(clip, start)
