@@ -115,7 +115,7 @@ def compositing_cost(backend: PyTorchBackend, repeats: int = 2) -> dict:
     item = Item("cost", "synthetic", frames, fit_audio(wav, len(frames)), own=True, still=False)
     track_inputs(item)
     idx = [i for i, r in enumerate(item.regions) if r is not None]
-    windows = mel_windows(melspectrogram(item.wav), FPS, len(frames))
+    windows = mel_windows(melspectrogram(item.wav), FPS, len(frames), mel_offset=backend.mel_offset)
     faces = np.stack([model_face_input(crop_face(frames[i], item.regions[i])) for i in idx])
     generated = backend.infer(windows[idx][:, None].astype(np.float32), faces)
     every = GatewayConfig().landmark_every  # what the live gateway does

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 
-from lipsync.client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE
+from lipsync.client.contract import MEL_BINS, MEL_FRAMES_PER_SECOND, MEL_WINDOW_FRAMES, SAMPLE_RATE, check_mel_offset
 
 __all__ = [
     "MEL_BINS",
@@ -259,25 +259,33 @@ def pad_to_window(mel: np.ndarray) -> np.ndarray:
     return np.concatenate([mel, pad], axis=1)
 
 
-def mel_windows(mel: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
+def mel_windows(mel: np.ndarray, fps: float, n_frames: int | None = None, mel_offset: int = 0) -> np.ndarray:
     """The (N, 80, 16) mel window of each video frame, following inference.py's chunking.
 
-    Window i is mel[:, s:s+16] with s = int(i * 80/fps). Without ``n_frames`` the windows stop like
-    the original: the first window that would run past the end is replaced by mel[:, T-16:] and is
-    the last one. With ``n_frames`` exactly that many windows are returned, every start past the end
-    clamped to T-16 (so the first windows are identical to the default ones). A mel shorter than 16
+    Window i is mel[:, s:s+16] with s = int(i * 80/fps) + mel_offset. Without ``n_frames`` the windows
+    stop like the original: the first window that would run past the end is replaced by mel[:, T-16:]
+    and is the last one. With ``n_frames`` exactly that many windows are returned, every start past the
+    end clamped to T-16 (so the first windows are identical to the default ones). A mel shorter than 16
     columns is first padded on the right with silence (-4), see ``pad_to_window``.
+
+    ``mel_offset`` (contract.lookahead_ms) is the alignment a low-look-ahead model was trained with: a
+    negative offset moves each window back in time, and the columns before the start of the audio are
+    silence, as the live path hears before anyone speaks. The frame count does not depend on it.
     """
     fps = _check_fps(fps)
+    mel_offset = check_mel_offset(mel_offset)
     mel = np.asarray(mel)
     if mel.ndim != 2 or mel.shape[0] != MEL_BINS or mel.shape[1] == 0:
         raise ValueError(f"mel must have shape ({MEL_BINS}, T) with T >= 1, got {mel.shape}")
     mel = pad_to_window(mel)
-    n_columns = mel.shape[1]
     if n_frames is None:
-        n_frames = _window_count(n_columns, fps)
+        n_frames = _window_count(mel.shape[1], fps)
     elif n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    if mel_offset:
+        silence = np.full((mel.shape[0], -mel_offset), SILENCE_VALUE, dtype=mel.dtype)
+        mel = np.concatenate([silence, mel], axis=1)  # window i now starts at int(i * 80/fps) of this array
+    n_columns = mel.shape[1]
     # float64 i * (80./fps) truncated is bit-identical to Python's int(i * (80./fps)) for i >= 0.
     starts = (np.arange(n_frames, dtype=np.float64) * (float(MEL_FRAMES_PER_SECOND) / fps)).astype(np.int64)
     np.minimum(starts, n_columns - MEL_WINDOW_FRAMES, out=starts)

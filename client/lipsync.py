@@ -173,6 +173,8 @@ class LipSyncReport:
     frames_default_mouth: int = 0  # blend "mouth" without landmarks: the mask drawn where a mouth usually is
     audio_corrupt_packets: int = 0  # replaced by silence of their length, so sync holds after them
     audio_concealed_seconds: float = 0.0
+    mel_offset: int = 0  # the model's audio alignment (contract.lookahead_ms)
+    lookahead_ms: float = 200.0
     video_corrupt_packets: int = 0  # each replaced by the frame before it, so the frames after keep their time
     audio_seconds: float = 0.0
     fps: float = 0.0
@@ -293,7 +295,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
         # One frame per 1/fps of audio, so the video lasts as long as the soundtrack. (The original stopped
         # when the last full 200-ms window ran out, leaving the final ~200 ms of audio without video.)
         n_frames = max(1, round(len(wav) / contract.SAMPLE_RATE * fps))
-        windows = mel_windows(melspectrogram(wav), fps, n_frames)
+        mel = melspectrogram(wav)
     width, height = output_size(info, config)
     check_frame_size(info, width, height)
     batch_size = frames_per_batch(width, height, config.wav2lip_batch_size)
@@ -312,6 +314,11 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     log.info("backend %s, weights: %s", backend.name, report.weights)
     if "UNTRAINED" in report.weights:
         log.warning("%s", report.weights)
+    # The windows are cut as the served weights were trained to hear them (a low-look-ahead model's
+    # reach back in time): the offset comes with the model, there is no flag to keep in step.
+    report.mel_offset, report.lookahead_ms = backend.mel_offset, backend.lookahead_ms
+    with timer.stage("audio+mel"):
+        windows = mel_windows(mel, fps, n_frames, mel_offset=backend.mel_offset)
 
     detector = FixedBoxDetector(config.box) if config.uses_fixed_box else MediaPipeFaceDetector()
     tracker_config = TrackerConfig(detect_every=1 if info.is_still else config.detect_every)
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if report.avatar:
             print(f"avatar: {report.avatar} ({config.avatar}); face: {config.face or 'its loop'}")
-        print(f"backend: {report.backend}; weights: {report.weights}")
+        print(f"backend: {report.backend}; weights: {report.weights}; audio look-ahead {report.lookahead_ms:g} ms")
         print(
             f"faces: {report.frames_with_face} frames lip-synced, {report.frames_without_face} without a face "
             f"(passed through), {report.frames_passed_through} passed through after backend errors"

@@ -51,7 +51,6 @@ class GatewayConfig:
         "after the backend is found down, pass frames through this long before retrying", default=1.0
     )
     fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
-    lookahead_ms: int = _opt("how far into the future the mel window of a frame reaches", default=200)
     compute_budget_ms: int = _opt("time a frame may spend in tracking, inference and blending", default=150)
     warmup: bool = _opt("send warm-up requests of every batch size up to 8 at start", default=True)
     inference_concurrency: int = _opt("requests in flight per session", default=6)
@@ -111,8 +110,6 @@ class GatewayConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 1 <= self.fps <= 60:
             raise ValueError(f"fps must be in 1..60, got {self.fps}")
-        if not 0 <= self.lookahead_ms <= 1000:
-            raise ValueError(f"lookahead_ms must be in 0..1000, got {self.lookahead_ms}")
         if not 10 <= self.compute_budget_ms <= 5000:
             raise ValueError(f"compute_budget_ms must be in 10..5000, got {self.compute_budget_ms}")
         if self.blend not in BLEND_MODES:
@@ -147,16 +144,18 @@ class GatewayConfig:
             if self.backend != "triton":
                 avatar.weights_for(self.backend)
 
-    def delay_ms(self, speech: str = "microphone") -> int:
+    def delay_ms(self, speech: str = "microphone", lookahead_ms: float = contract.FULL_LOOKAHEAD_MS) -> int:
         """The added delay a session holds video and audio back by.
 
-        Live microphone speech: the look-ahead, plus the receive path of live audio (aiortc holds
-        audio 80 ms, plus one 20 ms packet), plus the compute budget. Pushed speech is fed into
-        the session `lookahead_ms` ahead of the clock, so only the compute budget remains.
+        Live microphone speech: the served model's look-ahead (how far past a frame its mel window
+        reaches: 200 ms for the released alignment, less for a low-look-ahead model; the backend
+        reads it from the model), plus the receive path of live audio (aiortc holds audio 80 ms,
+        plus one 20 ms packet), plus the compute budget. Pushed speech is fed into the session a
+        look-ahead ahead of the clock, so only the compute budget remains.
         """
         if speech == "push":
             return self.compute_budget_ms
-        return self.lookahead_ms + MIC_INPUT_MS + self.compute_budget_ms
+        return round(lookahead_ms) + MIC_INPUT_MS + self.compute_budget_ms
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword arguments for client.backends.create_backend."""

@@ -60,6 +60,15 @@ class FrameInference:
         self.last_answer: float | None = None  # time.monotonic() of the latest request answered in time
         self.failures_in_a_row = 0  # timeouts, errors and refusals since then
 
+    @property
+    def mel_offset(self) -> int:
+        """The served model's audio alignment (contract.lookahead_ms), as its backend read it."""
+        return self.backend.mel_offset
+
+    @property
+    def lookahead_ms(self) -> float:
+        return self.backend.lookahead_ms
+
     async def warm_up(self, max_batch: int = 8, rounds: int = 2) -> None:
         """Send 1..max_batch concurrent requests, so the first live frames meet no cold batch shapes.
 

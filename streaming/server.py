@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
+from lipsync.client.contract import FULL_LOOKAHEAD_MS
 from lipsync.streaming import speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
@@ -130,11 +131,13 @@ class Gateway:
             served.inference = self._frame_inference(served.backend)
             if self.config.warmup:
                 await served.inference.warm_up(max_batch=warm_batch)
+        lookahead = self.inference.lookahead_ms
         logger.info(
-            "gateway ready: backend %s, added delay %d ms (microphone) / %d ms (pushed speech)",
+            "gateway ready: backend %s, model look-ahead %g ms, added delay %d ms (microphone) / %d ms (pushed speech)",
             self._backend.name,
-            self.config.delay_ms("microphone"),
-            self.config.delay_ms("push"),
+            lookahead,
+            self.config.delay_ms("microphone", lookahead),
+            self.config.delay_ms("push", lookahead),
         )
         if self.avatars:
             logger.info("avatars: %s", ", ".join(f"{name} ({a.avatar.root})" for name, a in self.avatars.items()))
@@ -210,7 +213,11 @@ class Gateway:
                 "inference_in_flight": (
                     {"now": self.inference.in_flight, "limit": int(self.inference.limit)} if self.inference else None
                 ),
-                "added_delay_ms": {speech: self.config.delay_ms(speech) for speech in SPEECH_SOURCES},
+                "lookahead_ms": inference.lookahead_ms if inference else None,
+                "added_delay_ms": {
+                    speech: self.config.delay_ms(speech, inference.lookahead_ms if inference else FULL_LOOKAHEAD_MS)
+                    for speech in SPEECH_SOURCES
+                },
                 "presenter": self.presenter is not None,
                 "avatars": dict(zip(self.avatars, avatars_answering, strict=True)),
             },

@@ -201,7 +201,7 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         speech = self._timeline.speech_in(video.pts, end)
         if not speech:
             return passthrough("silence" if speech is not None else "no_audio")
-        mel = await self._timeline.mel_window(video.pts, audio_deadline)
+        mel = await self._timeline.mel_window(video.pts, audio_deadline, self._inference.mel_offset)
         ready = time.monotonic()
         stages["audio_wait"] = ready - waited
         if mel is None:
@@ -250,7 +250,9 @@ class Session:
         self.observer = observer
         self.stats = observer.session_started(self.id)
         self.clock = clock or MediaClock()
-        delay_ms = config.delay_ms(options.speech)
+        # The look-ahead is the served model's (read from what its backend loaded), not a setting.
+        self.lookahead_ms = inference.lookahead_ms
+        delay_ms = config.delay_ms(options.speech, self.lookahead_ms)
         self.delay = delay_ms * CLOCK_RATE // 1000
         observer.set_delay(self.id, delay_ms)
         vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
@@ -295,7 +297,7 @@ class Session:
             self.push_speech = PushSpeech(
                 self.timeline,
                 self.clock.now,
-                lead_s=(config.lookahead_ms + 40) / 1000,
+                lead_s=(self.lookahead_ms + 40) / 1000,
                 max_seconds=config.max_speech_seconds,
             )
             self._spawn(self.push_speech.run(), "push-speech")

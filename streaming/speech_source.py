@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lipsync.client import contract
+from lipsync.client.audio import SILENCE_VALUE
 from lipsync.client.streaming_mel import StreamingMel, StreamingResampler
 from lipsync.streaming.frames import CLOCK_RATE, AudioChunk, SenderClock
 from lipsync.streaming.vad import VoiceActivity
@@ -90,14 +91,24 @@ class SpeechTimeline:
         """Wait until samples up to `position` are written or time.monotonic() reaches deadline."""
         return await self._wait(lambda: self.position >= position, deadline)
 
-    async def mel_window(self, pts: int, deadline: float) -> np.ndarray | None:
+    async def mel_window(self, pts: int, deadline: float, mel_offset: int = 0) -> np.ndarray | None:
         """The (80, 16) mel window of a video frame captured at clock pts (docs/latency.md, section 2),
-        waiting for the audio it reaches into; None if that audio is not there by the deadline."""
-        start = pts // SAMPLES_PER_COLUMN
-        if start < self._mel.oldest_column:
+        starting `mel_offset` columns from the frame's own (the served model's alignment), waiting for
+        the audio it reaches into; None if that audio is not there by the deadline.
+
+        Columns before the start of the session are silence, as client.audio.mel_windows has them."""
+        start = pts // SAMPLES_PER_COLUMN + mel_offset
+        before = max(0, -start)  # columns before clock 0
+        if start + before < self._mel.oldest_column:
             return None  # older than the kept history: the frame waited far too long
         await self._wait(lambda: self._mel.columns_ready >= start + contract.MEL_WINDOW_FRAMES, deadline)
-        return self._mel.window(start) if start >= self._mel.oldest_column else None
+        if start + before < self._mel.oldest_column:
+            return None
+        window = self._mel.window(start + before)
+        if window is None or not before:
+            return window
+        silence = np.full((window.shape[0], before), SILENCE_VALUE, dtype=window.dtype)
+        return np.concatenate([silence, window[:, : contract.MEL_WINDOW_FRAMES - before]], axis=1)
 
     def speech_in(self, start: int, end: int) -> bool | None:
         return self._vad.speech_in(start, end)

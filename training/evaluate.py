@@ -208,13 +208,17 @@ def generate_clip(
 
     The reference of frame t is frame (t + n/2) mod n, another moment of the same clip, so the
     generator cannot copy the true mouth (at inference the reference is the frame itself). Frame t
-    is driven by the mel window of frame t + mel_shift, clamped to the audio (the training layout).
+    is driven by the mel window of frame t + mel_shift, clamped to the audio (the training layout),
+    moved by the generator's own mel offset (silence before the audio, as at inference).
     """
-    from lipsync.client.audio import melspectrogram
+    from lipsync.client.audio import SILENCE_VALUE, melspectrogram
 
     faces = [_to_face(f) for f in frames]
     n = len(faces)
     mel = melspectrogram(wav.astype(np.float32))
+    offset = getattr(getattr(generator, "config", None), "mel_offset", 0)
+    if offset:  # window starts are then indices of this padded array: mel_start(t) + offset in the audio
+        mel = np.concatenate([np.full((mel.shape[0], -offset), SILENCE_VALUE, mel.dtype), mel], axis=1)
     last = mel.shape[1] - 16
     out: list[np.ndarray] = []
     for b in range(0, n, batch_size):

@@ -56,7 +56,7 @@ def track_inputs(item: Item) -> None:
 
 def lip_sync(backend: LipSyncBackend, item: Item, blend: str) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Output frames and, per frame, the pixels the blend was allowed to change (None: no face)."""
-    windows = mel_windows(melspectrogram(item.wav), FPS, len(item.frames))
+    windows = mel_windows(melspectrogram(item.wav), FPS, len(item.frames), mel_offset=backend.mel_offset)
     outputs, supports = list(item.frames), [None] * len(item.frames)
     with Compositor(blend, still=item.still) as compositor:
         with_face = [i for i, r in enumerate(item.regions) if r is not None]

@@ -12,10 +12,14 @@ pytestmark = pytest.mark.unit
 
 
 def test_cli_flags_map_to_fields() -> None:
-    config = parse_args(["--port", "9000", "--backend", "onnxruntime", "--ice_loopback", "--lookahead_ms", "100"])
-    assert (config.port, config.backend, config.ice_loopback, config.lookahead_ms) == (9000, "onnxruntime", True, 100)
-    assert config.delay_ms("microphone") == 100 + 100 + config.compute_budget_ms
-    assert config.delay_ms("push") == config.compute_budget_ms
+    config = parse_args(["--port", "9000", "--backend", "onnxruntime", "--ice_loopback"])
+    assert (config.port, config.backend, config.ice_loopback) == (9000, "onnxruntime", True)
+    # The look-ahead is the served model's, not a flag: 200 ms for the released alignment, 75 for offset -10.
+    assert config.delay_ms("microphone") == 200 + 100 + config.compute_budget_ms
+    assert config.delay_ms("microphone", 75.0) == 75 + 100 + config.compute_budget_ms
+    assert config.delay_ms("push", 75.0) == config.compute_budget_ms
+    with pytest.raises(SystemExit):
+        parse_args(["--lookahead_ms", "100"])
 
 
 def test_unknown_flag_and_bad_choice_exit(capsys) -> None:

@@ -171,6 +171,23 @@ def test_generator_dataset_layout_and_the_minus_one_mel_shift(corpus: Path) -> N
             np.testing.assert_array_equal(indiv_mels[t, 0], full[:, s : s + 16])
 
 
+def test_a_low_lookahead_generator_hears_earlier_audio_and_is_judged_at_its_own_time(corpus: Path) -> None:
+    """mel_offset -10: each frame's input window starts 10 columns (125 ms) earlier; the expert's stays."""
+    ds = GeneratorDataset(corpus, "train", seed=5, samples_per_clip=4, mel_shift=0, mel_offset=-10)
+    seen = 0
+    for key in range(len(ds)):
+        _, indiv_mels, mel, gt = ds[key]
+        f0 = read_stamp(gt[:, 0].transpose(1, 2, 0))
+        full = compute_mel(ds.clips[(key // ds.samples_per_clip) % len(ds.clips)].audio_path)
+        assert mel_start(f0) >= 10  # a window that would start before the audio is drawn again
+        np.testing.assert_array_equal(mel[0], full[:, mel_start(f0) : mel_start(f0) + 16])
+        for t in range(5):
+            s = mel_start(f0 + t) - 10
+            np.testing.assert_array_equal(indiv_mels[t, 0], full[:, s : s + 16])
+        seen += 1
+    assert seen == len(ds)
+
+
 def test_samples_are_a_function_of_seed_epoch_and_index(corpus: Path) -> None:
     a = GeneratorDataset(corpus, "train", seed=11)
     b = GeneratorDataset(corpus, "train", seed=11)

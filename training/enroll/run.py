@@ -51,6 +51,7 @@ def train_config(config: EnrollConfig, work: Path, threads: int) -> GeneratorTra
             "expert_checkpoint": str(SHIPPED_EXPERT),
             "width": shipped.width,
             "head": shipped.head,
+            "mel_offset": shipped.mel_offset,  # the avatar hears the audio as the model it starts from
             "init_from": str(SHIPPED_GENERATOR),
             "disc_width": 0.25,
             "batch_size": config.batch_size,

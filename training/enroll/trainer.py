@@ -93,6 +93,7 @@ class EnrollTrainer(GeneratorTrainer):
             seed=config.seed,
             mel_cache_mb=config.mel_cache_mb,
             mel_shift=config.mel_shift,
+            mel_offset=config.mel_offset,
         )
         frozen = {
             "all": (),
