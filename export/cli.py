@@ -184,12 +184,19 @@ def _load_model(config: ExportConfig, avatar: Avatar | None = None):
         "checkpoint": source,
         "width": str(model.config.width),
         "head": model.config.head,
+        # The audio alignment the weights were trained with: every backend cuts its mel windows by it.
+        contract.MEL_OFFSET_METADATA_KEY: str(model.config.mel_offset),
     }
     if not config.random_weights:
         metadata["training_steps"] = str(_training_steps(Path(checkpoint)))
     if avatar is not None:
         metadata["avatar"] = avatar.name
-    return model, metadata, f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters"
+    offset = model.config.mel_offset
+    description = (
+        f"{source}, width {model.config.width}, {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"mel offset {offset} ({contract.lookahead_ms(offset):g} ms look-ahead)"
+    )
+    return model, metadata, description
 
 
 def run(config: ExportConfig) -> dict:
@@ -291,11 +298,21 @@ def run(config: ExportConfig) -> dict:
     save_checkpoint(checkpoint_path, model=model, config=model.config)
     if avatar is not None:
         written = model_repository.write_avatar_model(
-            repo, served, onnx_fp32=onnx_path, checkpoint=checkpoint_path, max_batch=config.max_batch
+            repo,
+            served,
+            onnx_fp32=onnx_path,
+            checkpoint=checkpoint_path,
+            max_batch=config.max_batch,
+            mel_offset=model.config.mel_offset,
         )
     else:
         written = model_repository.write_repository(
-            repo, onnx_fp32=onnx_path, checkpoint=checkpoint_path, engine=engine_path, max_batch=config.max_batch
+            repo,
+            onnx_fp32=onnx_path,
+            checkpoint=checkpoint_path,
+            engine=engine_path,
+            max_batch=config.max_batch,
+            mel_offset=model.config.mel_offset,
         )
     for path in written:
         say(f"      {path}")

@@ -2,8 +2,10 @@
 plus the artifacts export produced (ONNX files, the TensorRT engine, the PyTorch checkpoint), and an
 enrolled avatar's own model (avatar_<name>: the embedded Python model on the avatar's weights).
 
-The committed config.pbtxt files are exactly what `render_config` returns for the contract's defaults
-(tests/unit/test_model_configs.py checks that), so a hand edit shows up as a test failure.
+Every config names the exported weights' mel offset (contract.lookahead_ms) as a parameter, which the
+Triton client reads. The committed config.pbtxt files are exactly what `render_config` returns for the
+contract's defaults and the shipped weights' offset 0 (tests/unit/test_model_configs.py checks that), so
+a hand edit shows up as a test failure.
 """
 
 from __future__ import annotations
@@ -87,30 +89,31 @@ def _tensor(spec: contract.TensorSpec) -> str:
     return f'  {{ name: "{spec.name}" data_type: {_triton_dtype(spec)} dims: [ {_dims(spec)} ] }}'
 
 
-def render_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
-    """The config.pbtxt text of one served model."""
+def render_config(model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> str:
+    """The config.pbtxt text of one served model whose weights were trained with `mel_offset`."""
     if model not in _BODIES:
         raise ValueError(
             f"unknown model {model!r}; served models are {', '.join(contract.SERVED_MODELS)} "
             f"(an avatar's model: render_avatar_config)"
         )
-    return _render(model, _HEADERS[model], like=model, max_batch=max_batch)
+    return _render(model, _HEADERS[model], like=model, max_batch=max_batch, mel_offset=mel_offset)
 
 
-def render_avatar_config(model: str, *, max_batch: int = contract.MAX_BATCH) -> str:
+def render_avatar_config(model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> str:
     """The config.pbtxt text of an avatar's own model: the embedded model's body under the avatar's name."""
     if not _AVATAR_MODEL_NAME.match(model):
         raise ValueError(
             f"avatar model name {model!r} is not valid: {layout.AVATAR_MODEL_PREFIX!r} and then an avatar name "
             "(lower-case letters, digits and '_', starting with a letter; see client/avatar.triton_model_name)"
         )
-    return _render(model, _AVATAR_HEADER, like=contract.EMBEDDED_MODEL, max_batch=max_batch)
+    return _render(model, _AVATAR_HEADER, like=contract.EMBEDDED_MODEL, max_batch=max_batch, mel_offset=mel_offset)
 
 
-def _render(model: str, header: str, *, like: str, max_batch: int) -> str:
+def _render(model: str, header: str, *, like: str, max_batch: int, mel_offset: int) -> str:
     """config.pbtxt for `model` with the backend, instances and parameters of the served model `like`."""
     if not 1 <= max_batch:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    contract.check_mel_offset(mel_offset)
     preferred = [b for b in contract.PREFERRED_BATCHES if b <= max_batch] or [max_batch]
     header = header.format(opt=min(contract.OPT_BATCH, max_batch), max=max_batch)
     lines = [f"# {line}" for line in header.splitlines()]
@@ -134,11 +137,12 @@ def _render(model: str, header: str, *, like: str, max_batch: int) -> str:
         f"  default_queue_policy {{ timeout_action: REJECT allow_timeout_override: true max_queue_size: {MAX_QUEUE_SIZE} }}",
         "}",
     ]
-    if like == contract.EMBEDDED_MODEL:
-        lines += [
-            f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
-            for key, value in EMBEDDED_PARAMETERS.items()
-        ]
+    parameters = EMBEDDED_PARAMETERS if like == contract.EMBEDDED_MODEL else {}
+    # Not read by the server: the Triton client learns from it how to cut the mel windows.
+    parameters = {**parameters, contract.MEL_OFFSET_METADATA_KEY: str(mel_offset)}
+    lines += [
+        f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in parameters.items()
+    ]
     lines.append("model_warmup [")
     warmups = []
     for batch in sorted({min(b, max_batch) for b in WARMUP_BATCHES}):
@@ -152,12 +156,12 @@ def _render(model: str, header: str, *, like: str, max_batch: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH) -> Path:
+def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> Path:
     """Write one model's config.pbtxt (an avatar's model gets the embedded model's body)."""
     path = config_path(repository, model)
     path.parent.mkdir(parents=True, exist_ok=True)
     render = render_avatar_config if layout.is_avatar_model(model) else render_config
-    text = render(model, max_batch=max_batch)
+    text = render(model, max_batch=max_batch, mel_offset=mel_offset)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
         log.info("wrote %s", path)
@@ -198,10 +202,16 @@ def write_repository(
     checkpoint: Path | None = None,
     engine: Path | None = None,
     max_batch: int = contract.MAX_BATCH,
+    mel_offset: int = 0,
 ) -> list[Path]:
-    """Write every model's config and install the artifacts given; return the paths written."""
+    """Write every model's config and install the artifacts given; return the paths written.
+
+    `mel_offset` is the one the artifacts' weights were trained with (their Wav2LipConfig's).
+    """
     repository = Path(repository)
-    written = [write_config(repository, model, max_batch=max_batch) for model in contract.SERVED_MODELS]
+    written = [
+        write_config(repository, model, max_batch=max_batch, mel_offset=mel_offset) for model in contract.SERVED_MODELS
+    ]
     written.append(install_python_model(repository))
     written.append(install_file(onnx_fp32, artifact_path(repository, contract.ONNX_MODEL, layout.ONNX_FILE)))
     written.append(
@@ -222,13 +232,17 @@ def write_avatar_model(
     onnx_fp32: Path,
     checkpoint: Path,
     max_batch: int = contract.MAX_BATCH,
+    mel_offset: int = 0,
 ) -> list[Path]:
     """Write an avatar's own model (config, the Python model's code, its ONNX and checkpoint) beside the
     others; the served models' folders are not touched, so the default model keeps serving."""
     if not layout.is_avatar_model(model):
         raise ValueError(f"{model!r} is not an avatar model name (they start with {layout.AVATAR_MODEL_PREFIX!r})")
     repository = Path(repository)
-    written = [write_config(repository, model, max_batch=max_batch), install_python_model(repository, model)]
+    written = [
+        write_config(repository, model, max_batch=max_batch, mel_offset=mel_offset),
+        install_python_model(repository, model),
+    ]
     written.append(install_file(onnx_fp32, artifact_path(repository, model, EMBEDDED_PARAMETERS["onnx_file"])))
     written.append(install_file(checkpoint, artifact_path(repository, model, EMBEDDED_PARAMETERS["checkpoint"])))
     return written

@@ -55,6 +55,7 @@ class OnnxRuntimeBackend(LipSyncBackend):
         self.model_path = path
         # Provenance written by `lipsync-export` (weights: trained | random, checkpoint, width, ...).
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.mel_offset = _mel_offset(self.metadata, path)
         self.max_batch = max_batch
         log.info("ONNX Runtime model %s loaded (%d threads)", path, options.intra_op_num_threads)
 
@@ -68,3 +69,17 @@ class OnnxRuntimeBackend(LipSyncBackend):
 
     def close(self) -> None:
         self._session = None
+
+
+def _mel_offset(metadata: dict[str, str], path: Path) -> int:
+    """The weights' audio alignment from the export's metadata; files exported before it was recorded mean 0."""
+    value = metadata.get(contract.MEL_OFFSET_METADATA_KEY)
+    if value is None:
+        return 0
+    try:
+        return contract.check_mel_offset(int(value))
+    except ValueError as exc:
+        raise BackendError(
+            f"{path}: metadata {contract.MEL_OFFSET_METADATA_KEY}={value!r} is not a mel offset ({exc}); "
+            "export the model again with `lipsync-export`"
+        ) from exc

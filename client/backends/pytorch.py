@@ -68,6 +68,8 @@ class PyTorchBackend(LipSyncBackend):
         self.dtype = torch.float16 if fp16 else torch.float32
         if model is None:
             model = Wav2Lip.from_checkpoint(checkpoint, map_location="cpu")
+        # The weights' audio alignment: files saved before it existed load with offset 0.
+        self.mel_offset = model.config.mel_offset
         # The backend owns the module from here on: it is moved and cast in place.
         self.model: Wav2Lip | None = model.eval().to(device=self.device, dtype=self.dtype)
         self._graphs: dict[int, _Graph] = {}

@@ -7,6 +7,10 @@ frames that can no longer arrive in time. A server that cannot be reached raises
 and the channel is rebuilt on the next call, so a restarted server is picked up at once instead of
 after gRPC's reconnect back-off.
 
+The served weights' mel offset (contract.lookahead_ms) is a parameter of the model's config, which
+`lipsync-export` writes; the backend reads it from the server once the model is ready, never in the
+constructor, so a backend can be made before its server is up (see `mel_offset`).
+
 No shared memory: on this project's CPU hosts a frame's whole trip without compute (gRPC upload of
 its 226 KB, the batcher's 2 ms queue delay, the Python backend's hand-off) measured 3.4 ms p50
 against 25-80 ms of compute per frame (benchmarks/serving.py, row "triton, no compute"), so shared
@@ -25,6 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from lipsync.client import contract
@@ -81,6 +86,79 @@ class TritonBackend(LipSyncBackend):
         self._outputs = [grpcclient.InferRequestedOutput(contract.FACE_OUTPUT.name)]
         # What `lipsync` reports as the weights it runs: the server knows, the client names the model.
         self.metadata = {"weights": "Triton model", "checkpoint": f"{model} at {url}"}
+        # The served model's mel offset (see `mel_offset`): the last one read from its config, whether it
+        # was read since the server or model last went away, and why the config's value is unusable.
+        self._mel_offset: int | None = None
+        self._mel_offset_current = False
+        self._mel_offset_error: str | None = None
+        self._mel_offset_reading = False  # an async read is under way: concurrent frames do not repeat it
+        self._mel_offset_guessed = False  # the 'not known yet' warning was logged
+
+    # ------------------------------------------------------------------ the served weights' alignment
+
+    @property
+    def mel_offset(self) -> int:  # type: ignore[override]  # a property over the base class's attribute
+        """The mel offset the served model's weights were trained with, from its config (0 if it names none).
+
+        Read from the server at the first successful readiness check (`is_ready`, `is_ready_async`,
+        `wait_until_ready`) or inference, and again at the first one after the server or the model went
+        away (it may come back with other weights; until then the last value stands). Not known yet,
+        reading it from synchronous code asks the server there and then (one call of at most
+        `ready_timeout_s`); inside a running event loop it never blocks and is 0 until a frame has been
+        answered: the released alignment, whose look-ahead is the longest, so a delay sized from it is
+        never too short (await `is_ready_async()` first to have the served value from the start). A
+        server that cannot answer leaves it 0 for now. A config whose value is not a mel offset raises
+        BackendError: the model was exported wrongly.
+        """
+        if self._mel_offset is None and self._mel_offset_error is None and not _in_event_loop():
+            self._read_mel_offset(self._sync_client())
+        if self._mel_offset_error is not None:
+            raise BackendError(self._mel_offset_error)
+        if self._mel_offset is None:
+            if not self._mel_offset_guessed:
+                self._mel_offset_guessed = True
+                log.warning(
+                    "the mel offset of %r at %s is not read from the server yet: 0 (the released alignment) until it is",
+                    self.model,
+                    self.url,
+                )
+            return 0
+        return self._mel_offset
+
+    def _take_mel_offset(self, response: service_pb2.ModelConfigResponse) -> None:
+        parameters = response.config.parameters
+        key = contract.MEL_OFFSET_METADATA_KEY
+        # Configs written before the offset was recorded name none: the released alignment.
+        value = parameters[key].string_value if key in parameters else "0"
+        self._mel_offset_current = True
+        try:
+            self._mel_offset, self._mel_offset_error = contract.check_mel_offset(int(value)), None
+        except ValueError as exc:
+            self._mel_offset_error = (
+                f"model {self.model!r} on Triton at {self.url} has parameter {key}={value!r}, which is not a mel "
+                f"offset ({exc}); export it again with `lipsync-export`"
+            )
+            log.error("%s", self._mel_offset_error)
+
+    def _read_mel_offset(self, client: grpcclient.InferenceServerClient) -> None:
+        """Read the offset from the model's config if it is not current; a failure only leaves it so."""
+        if self._mel_offset_current:
+            return
+        try:
+            self._take_mel_offset(client.get_model_config(self.model, client_timeout=self.ready_timeout_s))
+        except InferenceServerException as exc:
+            self._translate(exc, client)
+
+    async def _read_mel_offset_async(self, client: aioclient.InferenceServerClient) -> None:
+        if self._mel_offset_current or self._mel_offset_reading:
+            return
+        self._mel_offset_reading = True
+        try:
+            self._take_mel_offset(await client.get_model_config(self.model, client_timeout=self.ready_timeout_s))
+        except InferenceServerException as exc:
+            self._translate(exc, client)
+        finally:
+            self._mel_offset_reading = False
 
     # ------------------------------------------------------------------ connections
 
@@ -119,9 +197,11 @@ class TritonBackend(LipSyncBackend):
         if "queue size" in message:
             return BackendError(f"Triton at {self.url} is overloaded, its queue is full ({message})")
         if "unknown model" in message or "no available versions" in message or "not ready" in message:
+            self._mel_offset_current = False  # it may be loaded again from other weights
             return BackendUnavailable(f"model {self.model!r} is not ready on Triton at {self.url} ({message})")
         if "UNAVAILABLE" in status:
             self._reset(client)
+            self._mel_offset_current = False  # a server that comes back may serve other weights
             return BackendUnavailable(
                 f"Triton at {self.url} is unreachable ({message}); start one with `lipsync-server`"
             )
@@ -130,27 +210,37 @@ class TritonBackend(LipSyncBackend):
     # ------------------------------------------------------------------ readiness
 
     def is_ready(self) -> bool:
-        """The server is live and the model is loaded and ready (never raises)."""
+        """The server is live and the model is loaded and ready (never raises); then reads `mel_offset`."""
         client = self._sync_client()
         try:
-            return bool(
+            ready = bool(
                 client.is_server_ready(client_timeout=self.ready_timeout_s)
                 and client.is_model_ready(self.model, client_timeout=self.ready_timeout_s)
             )
         except InferenceServerException as exc:
             self._translate(exc, client)  # resets the channel when the server is gone
             return False
+        if ready:
+            self._read_mel_offset(client)
+        else:
+            self._mel_offset_current = False
+        return ready
 
     async def is_ready_async(self) -> bool:
         client = self._aio_client()
         try:
-            return bool(
+            ready = bool(
                 await client.is_server_ready(client_timeout=self.ready_timeout_s)
                 and await client.is_model_ready(self.model, client_timeout=self.ready_timeout_s)
             )
         except InferenceServerException as exc:
             self._translate(exc, client)
             return False
+        if ready:
+            await self._read_mel_offset_async(client)
+        else:
+            self._mel_offset_current = False
+        return ready
 
     def wait_until_ready(self, timeout_s: float) -> bool:
         """Poll is_ready() until it holds or `timeout_s` passes."""
@@ -206,6 +296,7 @@ class TritonBackend(LipSyncBackend):
             raise self._translate(exc, client) from exc
         except FutureTimeout as exc:
             raise BackendError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
+        self._read_mel_offset(client)
         return np.concatenate(outputs, axis=0)
 
     async def _infer_one(
@@ -221,6 +312,7 @@ class TritonBackend(LipSyncBackend):
             )
         except InferenceServerException as exc:
             raise self._translate(exc, client) from exc
+        await self._read_mel_offset_async(client)
         return result.as_numpy(contract.FACE_OUTPUT.name)
 
     async def infer_async(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -290,3 +382,11 @@ class TritonBackend(LipSyncBackend):
             if owner is loop:  # a channel of another (finished) loop cannot be closed from here
                 await client.close()
         self.close()
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -276,7 +276,10 @@ def test_avatar_model_config_is_the_embedded_model_under_its_own_name() -> None:
     embedded = parse(model_repository.render_config(contract.EMBEDDED_MODEL))
     assert config.name == "avatar_anna" and config.backend == "python"
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
-    assert {k: v.string_value for k, v in config.parameters.items()} == model_repository.EMBEDDED_PARAMETERS
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        **model_repository.EMBEDDED_PARAMETERS,
+        contract.MEL_OFFSET_METADATA_KEY: "0",
+    }
     # Everything but the name is the embedded model's: the same contract, batching and warm-up.
     embedded.name = config.name
     assert config == embedded
