@@ -236,9 +236,18 @@ class GatewayClient:
             return await resp.json()
 
     async def close(self) -> None:
+        """End the session as a polite client does: DELETE it (its slot is free when that answers),
+        then close the connection. A gateway that is gone or already closed the session is fine."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session_id is not None:
+            try:
+                timeout = aiohttp.ClientTimeout(total=5)
+                async with aiohttp.ClientSession(timeout=timeout) as http:
+                    await http.delete(f"{self.base_url}/sessions/{self.session_id}", headers=self.headers)
+            except (aiohttp.ClientError, TimeoutError):
+                pass
         await self.pc.close()
 
     async def __aenter__(self) -> GatewayClient:
@@ -287,7 +296,46 @@ def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
     return float(np.percentile(per_pixel, 90))
 
 
-def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
+def _best_lag(got: np.ndarray, sent: np.ndarray, max_lag: int) -> int:
+    """The lag in [0, max_lag) at which `got` best matches `sent` delayed (FFT cross-correlation)."""
+    n = 1 << int(np.ceil(np.log2(2 * len(got))))
+    corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)[:max_lag]
+    return int(np.argmax(corr))
+
+
+def returned_audio_lags(got: np.ndarray, sent: np.ndarray, max_lag: int, block: int) -> np.ndarray:
+    """Per sample of `got`, the lag (in [0, max_lag]) of its `block`-long stretch behind `sent`.
+
+    One lag for a whole session breaks when the gateway's audio output skips ahead under load
+    (each skip shifts the rest), and a looped clip matches at every period: blocks shorter than the
+    clip, each searched within max_lag, give each part of the session its own lag. A silent block
+    takes its neighbour's.
+    """
+    padded = np.concatenate([np.zeros(max_lag, np.float32), sent])  # padded[i + max_lag] == sent[i]
+    found: list[int | None] = []
+    for a in range(0, len(got), block):
+        piece = got[a : a + block]
+        if float(np.sqrt(np.mean(piece.astype(np.float64) ** 2))) < 1e-4:
+            found.append(None)
+            continue
+        window = padded[a : a + len(piece) + max_lag]  # sent[a - max_lag : a + len(piece)]
+        # got[a + i] == sent[a + i - lag] == window[i + max_lag - lag]: the best k gives lag = max_lag - k.
+        n = 1 << int(np.ceil(np.log2(len(piece) + len(window))))
+        corr = np.fft.irfft(np.fft.rfft(window, n) * np.conj(np.fft.rfft(piece, n)), n)[: max_lag + 1]
+        found.append(max_lag - int(np.argmax(corr)))
+    known = [f for f in found if f is not None]
+    if not known:
+        return np.zeros(len(got), np.int64)
+    filled, last = [], known[0]
+    for f in found:
+        last = f if f is not None else last
+        filled.append(last)
+    return np.repeat(np.asarray(filled, np.int64), block)[: len(got)]
+
+
+def av_offsets(
+    client: GatewayClient, speech: np.ndarray, *, max_lag_s: float | None = None, block_s: float | None = None
+) -> np.ndarray:
     """Per returned video frame, (its delay) - (the delay of the audio captured with it), in seconds.
 
     Video delay: arrival of frame k back at the client minus when frame k was sent. Audio delay:
@@ -295,13 +343,17 @@ def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
     read off the arrival times of the returned audio. Zero means lips and sound arrive together.
     This is what a player that plays everything on arrival shows; it includes the video's encode and
     decode time (audio's is far shorter), which a browser's RTCP lip sync would take out.
+
+    For speech that loops or a long session, give `max_lag_s` (under the loop's period) and
+    `block_s`: each block of the returned audio then gets its own lag (returned_audio_lags).
     """
     got, arrival = client.received.audio_16k()
     sent = np.concatenate([speech, np.zeros(max(0, len(got) - len(speech)), np.float32)])[: len(got)]
-    # The returned audio is the sent speech delayed: find the lag by FFT cross-correlation.
-    n = 1 << int(np.ceil(np.log2(2 * len(got))))
-    corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)[: len(got)]
-    lag = int(np.argmax(corr))
+    max_lag = len(got) if max_lag_s is None else max(1, min(len(got), int(max_lag_s * CLOCK_RATE)))
+    if block_s is None:
+        lags = np.full(len(got), _best_lag(got, sent, max_lag), np.int64)
+    else:
+        lags = returned_audio_lags(got, sent, max_lag, max(CLOCK_RATE // 10, int(block_s * CLOCK_RATE)))
     frame_s = 960 / 48_000
     # This client's own aiortc receiver holds audio ~80 ms and video one frame interval before
     # handing them over; a browser undoes that with RTCP lip sync, so the arrival times are
@@ -315,7 +367,10 @@ def av_offsets(client: GatewayClient, speech: np.ndarray) -> np.ndarray:
             continue
         seen.add(index)
         tau = client.video_track.sent[index] - client.speech_track.started  # speech time captured with frame
-        sample = int(tau * CLOCK_RATE) + lag
+        first = int(tau * CLOCK_RATE) + int(lags[0]) if len(lags) else -1
+        if not 0 <= first < len(lags):
+            continue
+        sample = int(tau * CLOCK_RATE) + int(lags[first])  # the lag where this part of the speech came back
         if not 0 <= sample < len(arrival):
             continue
         # A returned audio frame arrives once complete: its first sample was due frame_s earlier.

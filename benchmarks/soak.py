@@ -102,7 +102,11 @@ async def one_session(url: str, kind: str, frames: list, speech: np.ndarray, sec
         record["outcomes"].update(stats.get("outcomes", {}))
         record["sessions"] += 1
         if kind == "microphone":
-            offsets = av_offsets(client, np.tile(speech, 1 + int(seconds * 16_000 / len(speech)) + 1))
+            # The clip loops: the lag is searched within less than its period, block by block (an output
+            # that skipped ahead under load shifts the lag of what follows).
+            max_lag_s = min(3.0, 0.9 * len(speech) / 16_000)
+            tiled = np.tile(speech, 1 + int(seconds * 16_000 / len(speech)) + 1)
+            offsets = av_offsets(client, tiled, max_lag_s=max_lag_s, block_s=2.0)
             offsets = offsets[2 * FPS :]  # after the start-up of the connection
             if len(offsets):
                 record["av_offsets"].append((time.monotonic(), float(np.median(offsets))))

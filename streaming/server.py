@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
 from lipsync.client.contract import FULL_LOOKAHEAD_MS
-from lipsync.streaming import speech_push
+from lipsync.streaming import memory, speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
 from lipsync.streaming.config import GatewayConfig, parse_args
@@ -119,6 +119,7 @@ class Gateway:
         )
 
     async def _startup(self, _app: web.Application) -> None:
+        memory.limit_arenas()  # before the sessions' threads exist: they then share two arenas
         if self._backend is None:
             self._backend = create_backend(self.config.backend, **self.config.backend_options())
         self.inference = self._frame_inference(self._backend)
@@ -184,6 +185,8 @@ class Gateway:
         await asyncio.gather(*(sock.close("session closed") for sock in list(peer.speech_sockets)))
         await peer.session.aclose()
         await peer.pc.close()
+        # What the session's frames, codecs and threads freed goes back to the OS (streaming/memory.py).
+        await asyncio.get_running_loop().run_in_executor(None, memory.release_freed_memory)
 
     # -- routes
     async def index(self, _request: web.Request) -> web.FileResponse:
