@@ -10,8 +10,8 @@ sync measure (face-mesh lip opening of the output against the speech's loudness,
 within +-10 frames), and the lower-face PSNR of self-reconstruction, each with its ratio to the
 200 ms model's.
 
-    .venv/bin/python -m lipsync.benchmarks.lookahead --model 0=training/weights/wav2lip_cpu.pt \\
-        --model -10=runs/lookahead75/checkpoint.pt --model -13=runs/lookahead37/checkpoint.pt [--clips 8]
+    .venv/bin/python -m lipsync.benchmarks.lookahead --model=0=training/weights/wav2lip_cpu.pt \\
+        --model=-10=runs/la10/checkpoint.pt --model=-13=runs/la13/checkpoint.pt [--clips 8]
 
 Writes benchmarks/results/lookahead.json and lookahead.png.
 """
