@@ -7,7 +7,7 @@ Sections, each timed; a failing section is recorded (with its error) and the run
 1. pytest_gpu  the project's `gpu`-marked tests that need neither tritonserver nor TensorRT (a subprocess);
                with --device cpu CUDA is hidden from them, so they skip, and the counts say so.
 2. generator   Wav2Lip latency p50/p99 and frames/s per width x dtype x mode (eager, CUDA graphs) x batch,
-               the device's bf16 matmul peak in the same run, and each point's TFLOP/s as a share of it
+               the device's fastest matmul peak (bf16, or fp32 on a CPU without bf16 units) in the same run, and each point's TFLOP/s as a share of it
                (FLOPs counted once per width with torch.utils.flop_counter).
 3. backend     the live path through PyTorchBackend (FP16 + CUDA graphs on CUDA, FP32 on CPU): batch-1
                latency, batched calls, and how many 25 fps sessions fit with p99 < 40 ms.
@@ -231,10 +231,10 @@ def section_pytest(plan: Plan) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ 2. generator
 
 
-def matmul_peak(device: str, size: int, seconds: float = 1.5) -> dict[str, Any]:
-    """The device's bf16 matmul rate, best of 3 rounds: the ceiling every generator figure is compared with."""
+def _matmul_rate(device: str, size: int, dtype: torch.dtype, seconds: float) -> float:
+    """FLOP/s of a square matmul in `dtype`, best of 3 rounds."""
     gen = torch.Generator(device=device).manual_seed(0)
-    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    a, b = (torch.randn(size, size, device=device, dtype=dtype, generator=gen) for _ in range(2))
     out = torch.empty_like(a)
     sync = synchronizer(device)
     for _ in range(3):
@@ -248,7 +248,22 @@ def matmul_peak(device: str, size: int, seconds: float = 1.5) -> dict[str, Any]:
             count += 1
         sync()
         best = max(best, 2 * size**3 * count / (time.perf_counter() - started))
-    return {"tflops": round(best / 1e12, 3), "dtype": "bf16", "size": size}
+    return best
+
+
+def matmul_peak(device: str, size: int, seconds: float = 1.5) -> dict[str, Any]:
+    """The device's fastest matmul rate, bf16 or fp32: the ceiling every generator figure is compared with.
+
+    On a GPU and on CPUs with AMX or AVX-512 BF16 that is bf16. A CPU without them emulates bf16 far
+    below its fp32 rate (on this project's AVX2-only EPYC, an fp32 network ran at 25x the bf16
+    "peak"), so there the ceiling is fp32's.
+    """
+    rates = {"bf16": _matmul_rate(device, size, torch.bfloat16, seconds)}
+    if device == "cpu":
+        rates["fp32"] = _matmul_rate(device, size, torch.float32, seconds)
+    dtype = max(rates, key=rates.get)
+    return {"tflops": round(rates[dtype] / 1e12, 3), "dtype": dtype, "size": size,
+            "tflops_by_dtype": {k: round(v / 1e12, 3) for k, v in rates.items()}}  # fmt: skip
 
 
 @cache
@@ -303,7 +318,7 @@ def cuda_graph_call(model: torch.nn.Module, mel: torch.Tensor, faces: torch.Tens
 def point_row(
     width: float, dtype: str, mode: str, batch: int, latencies: list[float], peak_tflops: float | None
 ) -> dict:
-    """One measured configuration, with its achieved TFLOP/s and their share of the bf16 peak."""
+    """One measured configuration, with its achieved TFLOP/s and their share of the matmul peak."""
     row = {"width": width, "dtype": dtype, "mode": mode, "batch": batch, **latency_figures(latencies, batch)}
     tflops = generator_flops(width)[0] * row["fps"] / 1e12
     row["tflops"] = round(tflops, 4)
@@ -339,7 +354,7 @@ def measure_points(
 
 
 def section_generator(plan: Plan) -> dict[str, Any]:
-    """Latency and frames/s of the bare network per width, dtype, mode and batch, against the bf16 peak."""
+    """Latency and frames/s of the bare network per width, dtype, mode and batch, against the matmul peak."""
     peak = matmul_peak(plan.device, plan.peak_size)
     flops = {str(w): generator_flops(w) for w in plan.widths}
     rows, failed, weights = [], [], {}
@@ -362,7 +377,7 @@ def section_generator(plan: Plan) -> dict[str, Any]:
         "rows": rows,
         "failed": failed,
         "notes": "p50/p99 per call with the device synchronised around it; fps = batch / mean call time; "
-        "tflops = counted forward FLOPs x fps; share_of_peak = tflops / the bf16 matmul peak (also for fp32/fp16 "
+        "tflops = counted forward FLOPs x fps; share_of_peak = tflops / the matmul peak (bf16, or fp32 where faster) (also for fp32/fp16 "
         "points). cuda graphs: replay of a captured forward on static inputs (input copies not timed).",
     }
 
@@ -767,7 +782,7 @@ def plot(report: dict, path: Path) -> None:
         if configs:  # the plot is first written before any point exists
             ax.legend(fontsize=7)
     peak = peak_tflops(report)
-    fig.suptitle(f"Wav2Lip generator, {report['device_name']} (bf16 matmul peak {peak} TFLOP/s)\n{report['machine']}",
+    fig.suptitle(f"Wav2Lip generator, {report['device_name']} (matmul peak {peak} TFLOP/s)\n{report['machine']}",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -813,9 +828,7 @@ def section_line(name: str, entry: dict) -> str:
             + f" (rc {entry['returncode']})"
         )
     elif name == "generator":
-        detail = (
-            f"{len(entry['rows'])} points, {len(entry['failed'])} failed; bf16 peak {entry['peak']['tflops']} TFLOP/s"
-        )
+        detail = f"{len(entry['rows'])} points, {len(entry['failed'])} failed; {entry['peak']['dtype']} matmul peak {entry['peak']['tflops']} TFLOP/s"
     elif name == "backend":
         b1, est = entry["batch1"], entry["sessions_from_batched"]
         detail = (f"batch 1 p50 {b1['p50_ms']:.2f} p99 {b1['p99_ms']:.2f} ms; sessions: {est['sessions']} (batched, "

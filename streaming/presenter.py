@@ -69,6 +69,10 @@ class PresenterSource:
                         break
         except (av.error.FFmpegError, IndexError) as exc:
             raise PresenterError(f"{path}: cannot decode a video stream ({exc})") from exc
+        if not frames:
+            raise PresenterError(
+                f"{path}: cannot decode a video stream ({counts.corrupt_packets} corrupt packets, no frame)"
+            )
         return cls(frames)
 
 
