@@ -296,11 +296,10 @@ def mouth_difference(received: np.ndarray, sent: np.ndarray, box) -> float:
     return float(np.percentile(per_pixel, 90))
 
 
-def _best_lag(got: np.ndarray, sent: np.ndarray, max_lag: int) -> int:
-    """The lag in [0, max_lag) at which `got` best matches `sent` delayed (FFT cross-correlation)."""
-    n = 1 << int(np.ceil(np.log2(2 * len(got))))
-    corr = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)[:max_lag]
-    return int(np.argmax(corr))
+def _correlation(x: np.ndarray, y: np.ndarray, keep: int) -> np.ndarray:
+    """c[k] = sum_i x[i + k] * y[i] for k in [0, keep), by FFT (linear, not circular, for k < len(x))."""
+    n = 1 << int(np.ceil(np.log2(len(x) + len(y))))
+    return np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(y, n)), n)[:keep]
 
 
 def returned_audio_lags(got: np.ndarray, sent: np.ndarray, max_lag: int, block: int) -> np.ndarray:
@@ -320,9 +319,7 @@ def returned_audio_lags(got: np.ndarray, sent: np.ndarray, max_lag: int, block: 
             continue
         window = padded[a : a + len(piece) + max_lag]  # sent[a - max_lag : a + len(piece)]
         # got[a + i] == sent[a + i - lag] == window[i + max_lag - lag]: the best k gives lag = max_lag - k.
-        n = 1 << int(np.ceil(np.log2(len(piece) + len(window))))
-        corr = np.fft.irfft(np.fft.rfft(window, n) * np.conj(np.fft.rfft(piece, n)), n)[: max_lag + 1]
-        found.append(max_lag - int(np.argmax(corr)))
+        found.append(max_lag - int(np.argmax(_correlation(window, piece, max_lag + 1))))
     known = [f for f in found if f is not None]
     if not known:
         return np.zeros(len(got), np.int64)
@@ -348,10 +345,13 @@ def av_offsets(
     `block_s`: each block of the returned audio then gets its own lag (returned_audio_lags).
     """
     got, arrival = client.received.audio_16k()
+    if len(got) == 0:
+        return np.zeros(0)
     sent = np.concatenate([speech, np.zeros(max(0, len(got) - len(speech)), np.float32)])[: len(got)]
     max_lag = len(got) if max_lag_s is None else max(1, min(len(got), int(max_lag_s * CLOCK_RATE)))
     if block_s is None:
-        lags = np.full(len(got), _best_lag(got, sent, max_lag), np.int64)
+        # The returned audio is the sent speech delayed: got[j] == sent[j - lag].
+        lags = np.full(len(got), int(np.argmax(_correlation(got, sent, max_lag))), np.int64)
     else:
         lags = returned_audio_lags(got, sent, max_lag, max(CLOCK_RATE // 10, int(block_s * CLOCK_RATE)))
     frame_s = 960 / 48_000
@@ -367,10 +367,10 @@ def av_offsets(
             continue
         seen.add(index)
         tau = client.video_track.sent[index] - client.speech_track.started  # speech time captured with frame
-        first = int(tau * CLOCK_RATE) + int(lags[0]) if len(lags) else -1
+        first = int(tau * CLOCK_RATE) + int(lags[0])  # first guess, then the lag of the block it falls in
         if not 0 <= first < len(lags):
             continue
-        sample = int(tau * CLOCK_RATE) + int(lags[first])  # the lag where this part of the speech came back
+        sample = int(tau * CLOCK_RATE) + int(lags[first])
         if not 0 <= sample < len(arrival):
             continue
         # A returned audio frame arrives once complete: its first sample was due frame_s earlier.
