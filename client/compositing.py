@@ -87,6 +87,13 @@ class Compositor:
         self._shape = None
         self._since_measure = 0
 
+    def new_video(self) -> None:
+        """Start over for another video (another session): the shape, the counters and the mesh's tracking."""
+        self.reset()
+        self.stats = CompositorStats()
+        if self._landmarker is not None:
+            self._landmarker.new_video()
+
     def close(self) -> None:
         if self._landmarker is not None:
             self._landmarker.close()

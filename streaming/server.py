@@ -41,12 +41,13 @@ from lipsync.streaming import memory, speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
 from lipsync.streaming.config import GatewayConfig, parse_args
+from lipsync.streaming.face_pool import FaceProcessorPool
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
 from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
 from lipsync.streaming.metrics import GatewayObserver
 from lipsync.streaming.offer import parse_offer
 from lipsync.streaming.presenter import PresenterSource
-from lipsync.streaming.session import SPEECH_SOURCES, Session, SessionOptions
+from lipsync.streaming.session import SPEECH_SOURCES, Session, SessionOptions, new_face_processor, still_face
 from lipsync.streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Gateway:
         elif config.presenter_clip:
             self.presenter = PresenterSource.from_clip(config.presenter_clip)
         self.avatars: dict[str, ServedAvatar] = load_served_avatars(config, avatar_backends)
+        # The face detector's and mesh's graphs, built once per session slot and recycled (streaming/face_pool.py).
+        self.faces = FaceProcessorPool(lambda still: new_face_processor(config, still), keep=config.max_sessions)
         if config.ice_loopback:
             allow_loopback_candidates()
         redact_access_log()
@@ -132,6 +135,8 @@ class Gateway:
             served.inference = self._frame_inference(served.backend)
             if self.config.warmup:
                 await served.inference.warm_up(max_batch=warm_batch)
+        # Built off the event loop while the gateway already answers; a session that comes first builds its own.
+        self._spawn(asyncio.to_thread(self._prefill_faces), "prefill-faces")
         lookahead = self.inference.lookahead_ms
         logger.info(
             "gateway ready: backend %s, model look-ahead %g ms, added delay %d ms (microphone) / %d ms (pushed speech)",
@@ -152,11 +157,21 @@ class Gateway:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.to_thread(self.faces.close)
         if self._backend is not None:
             await self._backend.aclose()
         for served in self.avatars.values():
             if served.backend is not None:
                 await served.backend.aclose()
+
+    def _prefill_faces(self) -> None:
+        """One warmed face processor per session slot for camera sessions (and one for a presenter photo)."""
+        made = [self.faces.acquire(still=False) for _ in range(self.config.max_sessions)]
+        if self.presenter is not None and self.config.presenter_image is not None:
+            made.append(self.faces.acquire(still=True))
+        for faces in made:
+            faces.warm_up()
+            self.faces.release(faces)
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -258,7 +273,15 @@ class Gateway:
         inference = served.inference if served is not None else self.inference
         presenter = served.presenter if served is not None else self.presenter
         pc = RTCPeerConnection(rtc_configuration())
-        session = Session(self.config, inference, self.observer, options=options, on_idle=self._on_idle)
+        session = Session(
+            self.config,
+            inference,
+            self.observer,
+            options=options,
+            faces=self.faces.acquire(still_face(self.config, options)),
+            on_idle=self._on_idle,
+            release_faces=self.faces.release,
+        )
         log = {"session_id": session.id}
 
         @pc.on("track")

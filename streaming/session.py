@@ -71,6 +71,13 @@ class FaceProcessor:
         with self._blend_lock:
             self.compositor.reset()
 
+    def recycle(self) -> None:
+        """Ready for another session: no face, no shape, zero counts, the mesh following nothing."""
+        with self._lock:
+            self.tracker.reset()
+        with self._blend_lock:
+            self.compositor.new_video()
+
     def close(self) -> None:
         """Release the detector and the face mesh (MediaPipe's graphs hold threads and memory)."""
         with self._lock:
@@ -107,6 +114,16 @@ class SessionOptions:
             raise ValueError(f"'mode' must be one of {list(VIDEO_SOURCES)}, got {self.mode!r}")
         if self.avatar is not None and not isinstance(self.avatar, str):
             raise ValueError(f"'avatar' must be a string (an avatar's name), got {type(self.avatar).__name__}")
+
+
+def still_face(config: GatewayConfig, options: SessionOptions) -> bool:
+    """Whether this session's face is the gateway's presenter photo (its mouth shape is measured once).
+    An avatar's presenter face is its loop, a moving clip, whatever the gateway's own presenter is."""
+    return options.mode == "presenter" and options.avatar is None and config.presenter_image is not None
+
+
+def new_face_processor(config: GatewayConfig, still: bool) -> FaceProcessor:
+    return FaceProcessor(compositor=Compositor(config.blend, still=still, landmark_every=config.landmark_every))
 
 
 class FaceTrackStage(Stage[VideoFrame, FaceFrame]):
@@ -243,6 +260,7 @@ class Session:
         clock: MediaClock | None = None,
         session_id: str | None = None,
         on_idle: Callable[[Session], Awaitable[None]] | None = None,
+        release_faces: Callable[[FaceProcessor], None] | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self.config = config
@@ -257,14 +275,10 @@ class Session:
         observer.set_delay(self.id, delay_ms)
         vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
         self.timeline = SpeechTimeline(vad)
-        self.faces = faces or FaceProcessor(
-            compositor=Compositor(
-                config.blend,
-                # An avatar's presenter face is its loop, a moving clip, whatever the gateway's own presenter is.
-                still=options.mode == "presenter" and options.avatar is None and config.presenter_image is not None,
-                landmark_every=config.landmark_every,
-            )
-        )
+        self.faces = faces or new_face_processor(config, still_face(config, options))
+        # Who takes the face processor when the session ends: by default it is closed; a gateway's pool
+        # (streaming/face_pool.py) recycles it for the next session.
+        self._release_faces = release_faces or FaceProcessor.close
         self.sync = AvSynchronizer(
             self.clock, self.timeline, delay=self.delay, fps=config.fps, observer=observer, session_id=self.id
         )
@@ -467,7 +481,7 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._track.aclose()
         await self._mouth.aclose()
-        await asyncio.get_running_loop().run_in_executor(None, self.faces.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._release_faces, self.faces)
         self.observer.session_ended(self.id)
         self.closed.set()
         logger.info("session closed", extra={"session_id": self.id})
