@@ -19,6 +19,8 @@ BACKENDS = BACKEND_NAMES  # one list, client.backends
 TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"
 # Live audio reaches the session about this late: aiortc's receiver holds each audio frame until
 # 4 more 20 ms packets arrived, and a packet's first sample was captured 20 ms before it was sent.
+# Measured on loopback by benchmarks/input_hold.py (results/input_hold.json); a session adds the
+# arrival jitter it sees on top (streaming/delay.py).
 MIC_INPUT_MS = 100
 
 
@@ -51,7 +53,17 @@ class GatewayConfig:
         "after the backend is found down, pass frames through this long before retrying", default=1.0
     )
     fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
-    compute_budget_ms: int = _opt("time a frame may spend in tracking, inference and blending", default=150)
+    compute_budget_ms: int = _opt(
+        "time a frame may spend in tracking, inference and blending: with adaptive_budget, the ceiling of the "
+        "measured budget (and the budget until frames have been timed)",
+        default=150,
+    )
+    adaptive_budget: bool = _opt(
+        "let the compute budget follow the p99 of recent mouth times (within budget_floor_ms..compute_budget_ms); "
+        "a session's delay follows it in 20 ms steps taken in silence",
+        default=True,
+    )
+    budget_floor_ms: int = _opt("the adaptive compute budget never goes below this", default=30)
     warmup: bool = _opt("send warm-up requests of every batch size up to 8 at start", default=True)
     inference_concurrency: int = _opt("requests in flight per session", default=6)
     max_sessions: int = _opt("concurrent sessions; more get 503", default=4)
@@ -112,6 +124,10 @@ class GatewayConfig:
             raise ValueError(f"fps must be in 1..60, got {self.fps}")
         if not 10 <= self.compute_budget_ms <= 5000:
             raise ValueError(f"compute_budget_ms must be in 10..5000, got {self.compute_budget_ms}")
+        if not 10 <= self.budget_floor_ms <= self.compute_budget_ms:
+            raise ValueError(
+                f"budget_floor_ms must be in 10..compute_budget_ms ({self.compute_budget_ms}), got {self.budget_floor_ms}"
+            )
         if self.blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
         if not 0 <= self.vad_mode <= 3:
@@ -145,7 +161,8 @@ class GatewayConfig:
                 avatar.weights_for(self.backend)
 
     def delay_ms(self, speech: str = "microphone", lookahead_ms: float = contract.FULL_LOOKAHEAD_MS) -> int:
-        """The added delay a session holds video and audio back by.
+        """The added delay a session starts with before anything was measured (the budget at its ceiling);
+        streaming/delay.py moves it with the measured budget and input jitter.
 
         Live microphone speech: the served model's look-ahead (how far past a frame its mel window
         reaches: 200 ms for the released alignment, less for a low-look-ahead model; the backend

@@ -14,6 +14,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 
+from lipsync.streaming.delay import DelayParts
+
 # Latency buckets from 1 ms to 2 s: mouth generation is tens of ms, the added delay hundreds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0)
 # Stages timed per frame; "mouth" is their sum for a generated frame (docs/latency.md, section 1).
@@ -40,7 +42,9 @@ class SessionStats:
     faces_lost: int = 0
     audio_underruns: int = 0
     downscaled: int = 0  # incoming frames over the size limit, scaled down to fit
-    delay_ms: float = 0.0
+    delay_ms: float = 0.0  # the added delay D now
+    delay_parts_ms: dict[str, float] = field(default_factory=dict)  # what D is heading for, by part
+    delay_changes: int = 0  # 20 ms steps D has taken
 
     def fps(self) -> float:
         if len(self.out_times) < 2:
@@ -64,6 +68,7 @@ class SessionStats:
             "stages_ms_p50": {s: ms(s, 50) for s in STAGES},
             "stages_ms": {s: {"p50": ms(s, 50), "p95": ms(s, 95), "p99": ms(s, 99)} for s in STAGES},
             "added_delay_ms": self.delay_ms,
+            "delay_ms": {"now": self.delay_ms, **self.delay_parts_ms, "changes": self.delay_changes},
             "fps": round(self.fps(), 2),
             "frames_out": self.frames_out,
             "outcomes": dict(self.outcomes),
@@ -98,6 +103,12 @@ class GatewayObserver:
             "lipsync_audio_underruns", "Outgoing audio frames filled with silence", registry=r
         )
         self._backend_errors = PromCounter("lipsync_backend_errors", "Failed inference requests", ["kind"], registry=r)
+        self._delay = Gauge(
+            "lipsync_delay_ms",
+            "Added delay of the latest reporting session: now, and the parts of its target",
+            ["part"],
+            registry=r,
+        )
         self.sessions: dict[str, SessionStats] = {}
         self.finished: deque[SessionStats] = deque(maxlen=64)
 
@@ -162,9 +173,22 @@ class GatewayObserver:
     def backend_error(self, kind: str) -> None:
         self._backend_errors.labels(kind).inc()
 
-    def set_delay(self, session_id: str, delay_ms: float) -> None:
-        if (stats := self.sessions.get(session_id)) is not None:
-            stats.delay_ms = delay_ms
+    def set_delay(self, session_id: str, delay_ms: float, parts: DelayParts | None = None, changes: int = 0) -> None:
+        """A session's added delay now and, when given, the parts of the target it follows (streaming/delay.py)."""
+        if (stats := self.sessions.get(session_id)) is None:
+            return
+        stats.delay_ms = round(delay_ms, 1)
+        stats.delay_changes = changes
+        self._delay.labels("now").set(delay_ms)
+        if parts is not None:
+            stats.delay_parts_ms = {
+                "target": round(parts.total_ms, 1),
+                "lookahead": round(parts.lookahead_ms, 1),
+                "input_hold": round(parts.input_hold_ms, 1),
+                "budget": round(parts.budget_ms, 1),
+            }
+            for part, value in stats.delay_parts_ms.items():
+                self._delay.labels(part).set(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,6 +41,7 @@ from lipsync.streaming import memory, speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
 from lipsync.streaming.config import GatewayConfig, parse_args
+from lipsync.streaming.delay import ComputeBudget, FixedBudget
 from lipsync.streaming.face_pool import FaceProcessorPool
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
 from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
@@ -89,6 +90,12 @@ class Gateway:
         elif config.presenter_clip:
             self.presenter = PresenterSource.from_clip(config.presenter_clip)
         self.avatars: dict[str, ServedAvatar] = load_served_avatars(config, avatar_backends)
+        # One compute budget for every session: they share the cores, so they share what a frame costs.
+        self.budget = (
+            ComputeBudget(config.budget_floor_ms, config.compute_budget_ms)
+            if config.adaptive_budget
+            else FixedBudget(config.compute_budget_ms)
+        )
         # The face detector's and mesh's graphs, built once per session slot and recycled (streaming/face_pool.py).
         self.faces = FaceProcessorPool(lambda still: new_face_processor(config, still), keep=config.max_sessions)
         if config.ice_loopback:
@@ -232,9 +239,21 @@ class Gateway:
                     {"now": self.inference.in_flight, "limit": int(self.inference.limit)} if self.inference else None
                 ),
                 "lookahead_ms": inference.lookahead_ms if inference else None,
+                # What a new session starts with: the look-ahead, the live input's hold, the budget now.
                 "added_delay_ms": {
-                    speech: self.config.delay_ms(speech, inference.lookahead_ms if inference else FULL_LOOKAHEAD_MS)
+                    speech: round(
+                        self.config.delay_ms(speech, inference.lookahead_ms if inference else FULL_LOOKAHEAD_MS)
+                        - self.config.compute_budget_ms
+                        + self.budget.ms
+                    )
                     for speech in SPEECH_SOURCES
+                },
+                "compute_budget_ms": {
+                    "now": round(self.budget.ms, 1),
+                    "p99_mouth": None if self.budget.p99_ms is None else round(self.budget.p99_ms, 1),
+                    "floor": self.budget.floor_ms,
+                    "ceiling": self.budget.ceiling_ms,
+                    "adaptive": self.config.adaptive_budget,
                 },
                 "presenter": self.presenter is not None,
                 "avatars": dict(zip(self.avatars, avatars_answering, strict=True)),
@@ -281,6 +300,7 @@ class Gateway:
             faces=self.faces.acquire(still_face(self.config, options)),
             on_idle=self._on_idle,
             release_faces=self.faces.release,
+            budget=self.budget,
         )
         log = {"session_id": session.id}
 

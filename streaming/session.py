@@ -25,7 +25,8 @@ from lipsync.client.compositing import Compositor
 from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from lipsync.client.face_tracking import FaceTracker
 from lipsync.streaming.av_sync import AvSynchronizer, MediaClock
-from lipsync.streaming.config import GatewayConfig
+from lipsync.streaming.config import MIC_INPUT_MS, GatewayConfig
+from lipsync.streaming.delay import ComputeBudget, FixedBudget, SessionDelay
 from lipsync.streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, SenderClock, VideoFrame, clock_to_seconds
 from lipsync.streaming.inference import FrameInference
 from lipsync.streaming.metrics import GatewayObserver
@@ -173,14 +174,15 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         faces: FaceProcessor,
         observer: GatewayObserver,
         session_id: str,
-        delay: int,
+        delay: Callable[[], int],
+        max_delay: int,
         fps: float,
-        compute_budget_s: float,
+        budget: ComputeBudget,
         concurrency: int,
     ) -> None:
         # Most of a frame's time here is spent waiting for the audio its mel window reaches into, so
         # the stage holds every frame of the delay at once; only the backend calls are limited.
-        frames_in_delay = int(clock_to_seconds(delay) * fps) + 1
+        frames_in_delay = int(clock_to_seconds(max_delay) * fps) + 1
         super().__init__(
             "mouth",
             maxsize=frames_in_delay,
@@ -196,9 +198,9 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         self._faces = faces
         self._observer = observer
         self._session = session_id
-        self._delay = delay
+        self._delay = delay  # the session's current delay (samples): it moves (streaming/delay.py)
         self._frame_len = round(CLOCK_RATE / fps)
-        self._budget = compute_budget_s
+        self._budget = budget
 
     async def process(self, item: FaceFrame) -> OutputFrame:
         video = item.video
@@ -209,9 +211,10 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
 
         if item.region is None:
             return passthrough("no_face")
-        due = self._clock.wall(video.pts + self._delay)
+        due = self._clock.wall(video.pts + self._delay())
+        budget_s = self._budget.ms / 1000
         # Audio may take until 60 % of the compute budget is left; then the frame goes on without it.
-        audio_deadline = due - 0.6 * self._budget
+        audio_deadline = due - 0.6 * budget_s
         waited = time.monotonic()
         end = video.pts + self._frame_len
         await self._timeline.wait_for(end + CLOCK_RATE // 50, audio_deadline)
@@ -228,19 +231,22 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         inferred = time.monotonic()
         stages["infer"] = inferred - ready
         if generated is None:
+            if outcome in ("timeout", "overloaded"):  # out of time: it needed at least what it was given
+                self._budget.observe(stages["track"] + max(inferred - ready, due - ready))
             return passthrough(outcome)
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(None, self._faces.blend, video.image, generated, item.region)
         done = time.monotonic()
         stages["blend"] = done - inferred
         stages["mouth"] = stages["track"] + stages["infer"] + stages["blend"]
+        self._budget.observe(stages["mouth"])
         for name, seconds in stages.items():
             self._observer.stage(self._session, name, seconds)
-        if stages["mouth"] > self._budget:
+        if stages["mouth"] > budget_s:
             logger.info(
                 "mouth took %.0f ms, over the %.0f ms budget",
                 1000 * stages["mouth"],
-                1000 * self._budget,
+                1000 * budget_s,
                 extra={"session_id": self._session},
             )
         return OutputFrame(video, image, "generated", stages)
@@ -261,6 +267,7 @@ class Session:
         session_id: str | None = None,
         on_idle: Callable[[Session], Awaitable[None]] | None = None,
         release_faces: Callable[[FaceProcessor], None] | None = None,
+        budget: ComputeBudget | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex[:12]
         self.config = config
@@ -270,9 +277,23 @@ class Session:
         self.clock = clock or MediaClock()
         # The look-ahead is the served model's (read from what its backend loaded), not a setting.
         self.lookahead_ms = inference.lookahead_ms
-        delay_ms = config.delay_ms(options.speech, self.lookahead_ms)
-        self.delay = delay_ms * CLOCK_RATE // 1000
-        observer.set_delay(self.id, delay_ms)
+        # D = look-ahead + input hold + compute budget (streaming/delay.py). The budget is the gateway's
+        # (every session shares its cores); a session made alone gets its own.
+        if budget is None:
+            budget = (
+                ComputeBudget(config.budget_floor_ms, config.compute_budget_ms)
+                if config.adaptive_budget
+                else FixedBudget(config.compute_budget_ms)
+            )
+        self.delay_target = SessionDelay(
+            budget,
+            lookahead_ms=self.lookahead_ms,
+            input_base_ms=MIC_INPUT_MS,
+            live_input=options.speech == "microphone",
+        )
+        # The most D can become: what the stages that hold frames for the delay are sized for.
+        max_delay = config.delay_ms(options.speech, self.lookahead_ms) + 500
+        max_delay = max_delay * CLOCK_RATE // 1000
         vad = VoiceActivity(config.vad_mode, energy_dbfs=config.vad_energy_dbfs, hangover_ms=config.vad_hangover_ms)
         self.timeline = SpeechTimeline(vad)
         self.faces = faces or new_face_processor(config, still_face(config, options))
@@ -280,8 +301,15 @@ class Session:
         # (streaming/face_pool.py) recycles it for the next session.
         self._release_faces = release_faces or FaceProcessor.close
         self.sync = AvSynchronizer(
-            self.clock, self.timeline, delay=self.delay, fps=config.fps, observer=observer, session_id=self.id
+            self.clock,
+            self.timeline,
+            delay=self._target_samples(),
+            fps=config.fps,
+            observer=observer,
+            session_id=self.id,
+            target=self._target_samples,
         )
+        self._report_delay()
         self._track = FaceTrackStage(self.faces, observer, self.id)
         self._mouth = MouthStage(
             timeline=self.timeline,
@@ -290,9 +318,10 @@ class Session:
             faces=self.faces,
             observer=observer,
             session_id=self.id,
-            delay=self.delay,
+            delay=lambda: self.sync.delay,
+            max_delay=max_delay,
             fps=config.fps,
-            compute_budget_s=config.compute_budget_ms / 1000,
+            budget=budget,
             concurrency=config.inference_concurrency,
         )
         self.push_speech: PushSpeech | None = None
@@ -306,6 +335,7 @@ class Session:
         self._spawn(self._pump_track(), "pump-track")
         self._spawn(self._pump_mouth(), "pump-mouth")
         self._spawn(self._watch_idle(), "idle-watchdog")
+        self._spawn(self._report_delay_every(1.0), "delay-report")
         if options.speech == "push":
             # Fed ahead of the clock by the look-ahead plus the 12.5 ms the last mel column reads beyond it.
             self.push_speech = PushSpeech(
@@ -315,6 +345,24 @@ class Session:
                 max_seconds=config.max_speech_seconds,
             )
             self._spawn(self.push_speech.run(), "push-speech")
+
+    @property
+    def delay(self) -> int:
+        """The added delay now, in clock samples (video and audio leave this long after capture)."""
+        return self.sync.delay
+
+    def _target_samples(self) -> int:
+        return round(self.delay_target.target_ms() * CLOCK_RATE / 1000)
+
+    def _report_delay(self) -> None:
+        self.observer.set_delay(
+            self.id, self.sync.delay * 1000 / CLOCK_RATE, self.delay_target.parts(), self.sync.delay_changes
+        )
+
+    async def _report_delay_every(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self._report_delay()
 
     def _spawn(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=f"{self.id}-{name}")
@@ -409,7 +457,7 @@ class Session:
         if self.options.speech == "push":
             self.drain_track(track)
             return
-        reader = MicrophoneReader(track, self.timeline, self.clock.now)
+        reader = MicrophoneReader(track, self.timeline, self.clock.now, jitter=self.delay_target.jitter)
         self._spawn(self._until_track_ends(lambda: reader.run(on_chunk=self._touch)), "audio-in")
 
     def drain_track(self, track) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from lipsync.client import contract
 from lipsync.client.audio import SILENCE_VALUE
 from lipsync.client.streaming_mel import StreamingMel, StreamingResampler
+from lipsync.streaming.delay import ArrivalJitter
 from lipsync.streaming.frames import CLOCK_RATE, AudioChunk, SenderClock
 from lipsync.streaming.vad import VoiceActivity
 
@@ -137,8 +138,18 @@ class MicrophoneReader:
 
     ANCHOR_CHUNKS = 10
 
-    def __init__(self, track, timeline: SpeechTimeline, now: Callable[[], int], *, max_gap_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        track,
+        timeline: SpeechTimeline,
+        now: Callable[[], int],
+        *,
+        max_gap_s: float = 2.0,
+        jitter: ArrivalJitter | None = None,
+    ) -> None:
         self._track = track
+        # How late each chunk arrives against its anchored place: part of the session's delay (streaming/delay.py).
+        self.jitter = jitter if jitter is not None else ArrivalJitter()
         self._timeline = timeline
         self._now = now
         self._max_gap_s = max_gap_s
@@ -187,6 +198,7 @@ class MicrophoneReader:
                 if len(self._first) >= self.ANCHOR_CHUNKS:
                     await self._anchor()
                 continue
+            self.jitter.observe(sent - self._timeline.position, CLOCK_RATE)
             await self._timeline.append(AudioChunk(self._timeline.position, samples))
 
     async def _anchor(self) -> None:

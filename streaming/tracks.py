@@ -38,8 +38,8 @@ class LipSyncVideoTrack(MediaStreamTrack):
         self._sync = sync
 
     async def recv(self) -> av.VideoFrame:
-        out = await self._sync.next_video()
-        pts = (out.pts + self._sync.delay) * VIDEO_RATE // CLOCK_RATE
+        out, position = await self._sync.next_video_out()
+        pts = position * VIDEO_RATE // CLOCK_RATE
         # Building the frame copies and converts the picture: off the event loop.
         return await asyncio.get_running_loop().run_in_executor(None, _video_frame, out.image, pts)
 
@@ -61,12 +61,12 @@ class DelayedAudioTrack(MediaStreamTrack):
         return out
 
     async def recv(self) -> av.AudioFrame:
-        samples, pos = await self._sync.next_audio()
+        samples, position = await self._sync.next_audio()
         pcm = await asyncio.get_running_loop().run_in_executor(None, self._to_48k, samples)
         frame = av.AudioFrame.from_ndarray(
             (np.clip(pcm, -1, 1) * 32767).astype(np.int16)[None, :], format="s16", layout="mono"
         )
         frame.sample_rate = AUDIO_RATE
-        frame.pts = (pos + self._sync.delay) * (AUDIO_RATE // CLOCK_RATE)
+        frame.pts = position * (AUDIO_RATE // CLOCK_RATE)
         frame.time_base = Fraction(1, AUDIO_RATE)
         return frame

@@ -85,8 +85,9 @@ async def test_audio_is_the_timeline_delayed_and_gaps_are_counted(parts) -> None
     clock.t = clock.wall(DELAY)  # the first audio frame asked for at clock == delay: position 0
     positions = []
     for _ in range(60):
-        samples, pos = await sync.next_audio()
-        assert clock.t == pytest.approx(clock.wall(pos + DELAY))
+        samples, out = await sync.next_audio()
+        assert clock.t == pytest.approx(clock.wall(out))  # sent when the outgoing stream reaches it
+        pos = out - DELAY
         if pos + AUDIO_FRAME <= CLOCK_RATE:
             np.testing.assert_array_equal(samples, speech[pos : pos + AUDIO_FRAME])
         positions.append(pos)
