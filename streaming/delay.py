@@ -90,9 +90,11 @@ class FixedBudget(ComputeBudget):
 
 class ArrivalJitter:
     """How much later than its place in the stream live audio arrives: the p95 of each packet's
-    lateness against the least delayed one (the anchor), over the recent packets."""
+    lateness against the least delayed one (the anchor), over the recent packets, at most `ceiling_ms`
+    (a connection that needs more is broken, and a delay of seconds would not mend it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ceiling_ms: float = 200.0) -> None:
+        self.ceiling_ms = ceiling_ms
         self._late_ms: deque[float] = deque(maxlen=_JITTER_WINDOW)
 
     def observe(self, late_samples: int, rate: int) -> None:
@@ -100,7 +102,9 @@ class ArrivalJitter:
 
     @property
     def ms(self) -> float:
-        return float(np.percentile(np.fromiter(self._late_ms, float), 95)) if self._late_ms else 0.0
+        if not self._late_ms:
+            return 0.0
+        return min(self.ceiling_ms, float(np.percentile(np.fromiter(self._late_ms, float), 95)))
 
 
 class SessionDelay:

@@ -175,6 +175,7 @@ class MicrophoneReader:
         loop = asyncio.get_running_loop()
         while True:
             frame = await self._track.recv()  # aiortc raises MediaStreamError when the track ends
+            arrived = self._now()  # before the resampling waits for an executor thread: that is not the network's
             if on_chunk is not None:
                 on_chunk()
             layout = (frame.sample_rate, frame.layout.nb_channels)
@@ -198,7 +199,7 @@ class MicrophoneReader:
                 if len(self._first) >= self.ANCHOR_CHUNKS:
                     await self._anchor()
                 continue
-            self.jitter.observe(sent - self._timeline.position, CLOCK_RATE)
+            self.jitter.observe(arrived - RECEIVE_AUDIO_HOLD - len(samples) - self._timeline.position, CLOCK_RATE)
             await self._timeline.append(AudioChunk(self._timeline.position, samples))
 
     async def _anchor(self) -> None:

@@ -203,3 +203,35 @@ async def test_lost_packets_leave_silence_and_keep_speech_in_place() -> None:
     assert abs(onset - begin - CLOCK_RATE // 2) < 40, onset - begin  # without the fill: 320 samples short
     lost = samples[begin + 10 * 320 + 40 : begin + 11 * 320 - 40]
     assert np.abs(lost).max() < 0.02  # the lost 20 ms is silence
+
+
+class JitteryTrack(SpeechTrack):
+    """Our speech track with every tenth packet (after the first second) held up 60 ms on the way."""
+
+    async def recv(self):
+        frame = await super().recv()
+        if self._n > 48_000 and (self._n // 960) % 10 == 0:
+            await asyncio.sleep(0.06)
+        return frame
+
+
+async def test_the_microphone_measures_how_late_its_audio_arrives() -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() - 1.0  # the session started a second ago
+    now = lambda: int((loop.time() - t0) * CLOCK_RATE)  # noqa: E731
+    steady, jittery = (
+        MicrophoneReader(track, SpeechTimeline(VoiceActivity()), now)
+        for track in (
+            SpeechTrack(np.zeros(3 * CLOCK_RATE, np.float32)),
+            JitteryTrack(np.zeros(3 * CLOCK_RATE, np.float32)),
+        )
+    )
+    tasks = [asyncio.create_task(reader.run()) for reader in (steady, jittery)]
+    await asyncio.sleep(2.5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # Paced in real time, the steady track's packets land where they belong (a few ms of scheduling);
+    # the held-up ones arrive up to 60 ms late, and the packets queued behind each of them too.
+    assert steady.jitter.ms < 15, steady.jitter.ms
+    assert 30 < jittery.jitter.ms <= 80, jittery.jitter.ms
