@@ -1,4 +1,4 @@
-"""`lipsync-export`: checkpoint -> ONNX FP32/FP16 -> (TensorRT FP16) -> model_repository/, each stage verified.
+"""`lipsync-export`: checkpoint -> ONNX FP32/FP16/INT8 -> (TensorRT FP16) -> model_repository/, each stage verified.
 
 Every stage prints its measured max/mean absolute error against the stage before and the tolerance;
 any failure exits non-zero. The resolved config and the measurements go to export_config.json in
@@ -23,14 +23,14 @@ from pathlib import Path
 from lipsync.client import contract
 from lipsync.client import model_repository as layout
 from lipsync.client.avatar import Avatar, AvatarError, load_avatar
-from lipsync.client.backends import DEFAULT_CHECKPOINT
+from lipsync.client.backends import DEFAULT_CHECKPOINT, cpu_paths
 from lipsync.client.cli_config import (
     add_dataclass_arguments,
     config_from_args,
     config_from_mapping,
     write_resolved_config,
 )
-from lipsync.export import model_repository, verify
+from lipsync.export import model_repository, quantize, verify
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ class ExportConfig:
             "by the Python backend, FP32 ONNX on a CPU and PyTorch FP16 on a GPU)",
         },
     )
+    int8: bool = field(
+        default=True,
+        metadata={
+            "flag": "--int8",
+            "help": f"also write and verify the INT8 ONNX model ({cpu_paths.INT8_ONNX_FILE}, static quantization "
+            "calibrated on real inputs; a CPU path of the embedded model and of the onnxruntime backend); needs "
+            "--real-inputs",
+        },
+    )
     tensorrt: bool = field(
         default=False, metadata={"flag": "--tensorrt", "help": "build the TensorRT FP16 engine (needs TensorRT + GPU)"}
     )
@@ -93,6 +102,14 @@ class ExportConfig:
     fp16_tolerance: float = field(
         default=verify.FP16_TOLERANCE[0],
         metadata={"flag": "--fp16-tolerance", "help": "max abs error of FP16 stages vs FP32 (mean: a tenth)"},
+    )
+    int8_tolerance: float = field(
+        default=quantize.INT8_TOLERANCE[0],
+        metadata={"flag": "--int8-tolerance", "help": "max abs error of INT8 vs FP32 ONNX (mean: scaled alike)"},
+    )
+    int8_min_psnr_db: float = field(
+        default=quantize.INT8_MIN_PSNR_DB,
+        metadata={"flag": "--int8-min-psnr-db", "help": "lowest PSNR of INT8 vs FP32 ONNX, in dB"},
     )
     timing_cache: Path = field(
         default=DEFAULT_TIMING_CACHE, metadata={"flag": "--timing-cache", "help": "TensorRT timing cache file"}
@@ -120,13 +137,20 @@ class ExportConfig:
             raise ValueError(f"verify_samples must be in [1, max_batch={self.max_batch}], got {self.verify_samples}")
         if self.opset < 17:
             raise ValueError(f"opset must be >= 17, got {self.opset}")
-        for name in ("fp32_tolerance", "fp16_tolerance"):
+        for name in ("fp32_tolerance", "fp16_tolerance", "int8_tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.int8_min_psnr_db >= 0:
+            raise ValueError(f"int8_min_psnr_db must be >= 0, got {self.int8_min_psnr_db}")
 
     @property
     def input_sets(self) -> tuple[str, ...]:
         return ("random", "real") if self.real_inputs else ("random",)
+
+    @property
+    def writes_int8(self) -> bool:
+        """INT8 is calibrated and checked on real inputs: without them (tests' quick exports) there is none."""
+        return self.int8 and self.real_inputs
 
     def report_path(self) -> Path:
         """Where the resolved config and measurements go: an avatar's beside its model, so a later avatar
@@ -233,11 +257,13 @@ def run(config: ExportConfig) -> dict:
     repo = Path(config.output_dir)
     avatar = load_avatar(config.avatar) if config.avatar is not None else None
     fp16 = config.fp16 and avatar is None
-    total = 3 + fp16 + config.tensorrt
+    total = 3 + fp16 + config.writes_int8 + config.tensorrt
     number = 0
     report: dict = {"verification": [], "artifacts": {}, "seconds": {}}
     fp32_tol = (config.fp32_tolerance, config.fp32_tolerance / 10)
     fp16_tol = (config.fp16_tolerance, config.fp16_tolerance / 10)
+    int8_max, int8_mean = quantize.INT8_TOLERANCE
+    int8_tol = (config.int8_tolerance, config.int8_tolerance * int8_mean / int8_max)
     check = {"samples": config.verify_samples, "input_sets": config.input_sets, "seed": config.seed}
 
     stage("load the PyTorch generator")
@@ -268,6 +294,34 @@ def run(config: ExportConfig) -> dict:
             with OnnxRuntimeBackend(fp16_path, max_batch=config.max_batch) as onnx_fp16:
                 record(verify.verify("ONNX FP16 vs PyTorch FP32", reference.infer, onnx_fp16.infer, fp16_tol, **check))
             report["artifacts"]["onnx_fp16"] = str(fp16_path)
+
+        int8_path = cpu_paths.int8_path(onnx_path)
+        # Never leave an INT8 model of earlier weights beside new FP32 ones (unlinked: it may be a hard link).
+        int8_path.unlink(missing_ok=True)
+        if config.writes_int8:
+            samples = quantize.CALIBRATION_SAMPLES
+            stage(f"ONNX FP32 -> ONNX INT8 (static, calibrated on {samples} real inputs): {int8_path}")
+            started = time.perf_counter()
+            quantize.quantize_int8(onnx_path, int8_path, samples=samples, seed=config.seed + quantize.CALIBRATION_SEED)
+            report["seconds"]["int8_quantize"] = round(time.perf_counter() - started, 2)
+            try:
+                with OnnxRuntimeBackend(int8_path, max_batch=config.max_batch) as onnx_int8:
+                    record(
+                        quantize.check_int8(
+                            onnx_fp32.infer,
+                            onnx_int8.infer,
+                            samples=config.verify_samples,
+                            seed=config.seed,
+                            tolerance=int8_tol,
+                            min_psnr_db=config.int8_min_psnr_db,
+                        )
+                    )
+            except verify.VerificationError:
+                int8_path.unlink()  # a model that failed its check must not be found and served
+                raise
+            report["artifacts"]["onnx_int8"] = str(int8_path)
+        elif config.int8:
+            say("      no INT8 model: its calibration and check need real inputs (--real-inputs)")
 
         engine_path = None
         if config.tensorrt:
@@ -314,6 +368,10 @@ def run(config: ExportConfig) -> dict:
             max_batch=config.max_batch,
             mel_offset=model.config.mel_offset,
         )
+    served_int8 = layout.artifact_path(repo, served, model_repository.EMBEDDED_PARAMETERS["int8_onnx_file"])
+    served_int8.unlink(missing_ok=True)
+    if config.writes_int8:
+        written.append(model_repository.install_file(int8_path, served_int8))
     for path in written:
         say(f"      {path}")
     report["versions"] = {"torch": torch.__version__, "onnxruntime": _version("onnxruntime")}

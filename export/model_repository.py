@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lipsync.client import contract
 from lipsync.client import model_repository as layout
+from lipsync.client.backends.cpu_paths import INT8_ONNX_FILE
 from lipsync.client.model_repository import artifact_path, config_path
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,13 @@ _BODIES = {
 # Settings the Python model reads (1/model.py); file names are relative to the version folder.
 EMBEDDED_PARAMETERS = {
     "onnx_file": layout.ONNX_FILE,
+    "int8_onnx_file": INT8_ONNX_FILE,  # written by lipsync-export when it verifies on real inputs (the default)
     "checkpoint": layout.CHECKPOINT_FILE,
-    "device": "auto",  # auto: CUDA (PyTorch FP16 + CUDA graphs) when available, else ONNX Runtime on the CPU
+    "device": "auto",  # auto: CUDA (PyTorch FP16 + CUDA graphs) when available, else the CPU path below
+    # The CPU path: fp32 | int8 | bf16 | auto (the fastest of them measured at start, client/backends/cpu_paths.py).
+    # fp32 by default: served faces then equal in-process ONNX Runtime's to 1e-5, which the integration tests
+    # and the avatar checks rely on; int8 (45-50 dB PSNR against FP32) and bf16 (54-58 dB) are opt-in.
+    "precision": "fp32",
     # One thread per instance: with more, ORT threads spin against tracking, blending and the other
     # sessions; measured in the gateway loop on 2 cores: inference p50 441 ms with 0 (all cores), 19 ms with 1.
     "intra_op_threads": "1",

@@ -125,6 +125,10 @@ def test_cli_writes_a_complete_repository(exported: tuple[Path, int]) -> None:
     props = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
     assert props["weights"] == "random" and float(props["width"]) == WIDTH
     assert (repo / contract.ONNX_MODEL / "1" / "model_fp16.onnx").is_file()
+    # The INT8 model beside the FP32 one it was quantized from, and in the Python model's folder, which runs it.
+    int8_file = repo / contract.ONNX_MODEL / "1" / model_repository.EMBEDDED_PARAMETERS["int8_onnx_file"]
+    int8_copy = repo / contract.EMBEDDED_MODEL / "1" / model_repository.EMBEDDED_PARAMETERS["int8_onnx_file"]
+    assert int8_file.read_bytes() == int8_copy.read_bytes()
     assert (repo / contract.EMBEDDED_MODEL / "1" / "model.py").is_file()
     reloaded = Wav2Lip.from_checkpoint(repo / contract.EMBEDDED_MODEL / "1" / "model.pt")
     assert reloaded.config.width == WIDTH
@@ -137,6 +141,7 @@ def test_cli_writes_a_complete_repository(exported: tuple[Path, int]) -> None:
         ("ONNX FP32 vs PyTorch FP32", "real"),
         ("ONNX FP16 vs PyTorch FP32", "random"),
         ("ONNX FP16 vs PyTorch FP32", "real"),
+        ("ONNX INT8 vs ONNX FP32", "real"),  # calibrated on real inputs, checked on them alone
     }
     assert all(v["max_abs"] <= v["max_tolerance"] for v in resolved["verification"])
 

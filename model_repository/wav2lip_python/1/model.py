@@ -1,8 +1,10 @@
 """Triton Python-backend model: the Wav2Lip generator behind the tensors of client/contract.py.
 
-On a CPU it runs model.onnx with ONNX Runtime; with a CUDA GPU and PyTorch it runs model.pt in
-FP16 with CUDA graphs. Every request of one execute() call goes through one inference, so the
-batches Triton's dynamic batcher forms are the batches the network sees.
+On a CPU it runs the path the `precision` parameter names: model.onnx with ONNX Runtime (fp32),
+model_int8.onnx (int8), model.pt in PyTorch bf16 (bf16), or the fastest of them measured at initialize
+(auto); with a CUDA GPU and PyTorch it runs model.pt in FP16 with CUDA graphs. Every request of one
+execute() call goes through one inference, so the batches Triton's dynamic batcher forms are the
+batches the network sees.
 """
 
 import json
@@ -16,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 try:
     from lipsync.client import contract
     from lipsync.client import model_repository as layout
+    from lipsync.client.backends import cpu_paths
 except ImportError as exc:  # pragma: no cover - only inside a misconfigured Triton stub
     raise ImportError(
         f"the lipsync package is not importable by the Triton Python stub ({exc}); install the project "
@@ -41,6 +44,11 @@ class TritonPythonModel:
         device = params.get("device", "auto")
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"parameter device must be auto, cpu or cuda, got {device!r}")
+        # Checked on every host, so a bad value fails where it is written, not only on the CPU hosts.
+        try:
+            precision = cpu_paths.check_precision(params.get("precision", "fp32"))
+        except ValueError as exc:
+            raise ValueError(f"parameter precision: {exc}") from exc
         if device != "cpu" and _cuda_available():
             checkpoint = version_dir / params.get("checkpoint", layout.CHECKPOINT_FILE)
             if not checkpoint.is_file():
@@ -53,12 +61,16 @@ class TritonPythonModel:
             )
         if device == "cuda":
             raise RuntimeError("parameter device is 'cuda' but no CUDA device (or no PyTorch) is available")
-        from lipsync.client.backends.onnxruntime import OnnxRuntimeBackend
-
-        onnx_file = version_dir / params.get("onnx_file", layout.ONNX_FILE)
+        artifacts = cpu_paths.CpuArtifacts(
+            onnx_fp32=version_dir / params.get("onnx_file", layout.ONNX_FILE),
+            onnx_int8=version_dir / params.get("int8_onnx_file", cpu_paths.INT8_ONNX_FILE),
+            checkpoint=version_dir / params.get("checkpoint", layout.CHECKPOINT_FILE),
+        )
         threads = int(params.get("intra_op_threads", "0")) or None
-        self.description = f"ONNX Runtime on the CPU from {onnx_file}"
-        return OnnxRuntimeBackend(onnx_file, threads=threads, max_batch=self.max_batch)
+        # auto measures every path here, with the threads and batch limit it will serve with (about 1 s).
+        choice = cpu_paths.choose(precision, artifacts, threads=threads, max_batch=self.max_batch)
+        self.description = f"precision {precision}: {choice.describe()}"
+        return choice.backend
 
     def execute(self, requests):
         responses = [None] * len(requests)
