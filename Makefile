@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng libespeak-ng1 chromium libgl1 libglib2.0-0
 DEFAULT_ONNX := model_repository/wav2lip_onnx/1/model.onnx
+LIVE_ONNX := model_repository/wav2lip_live/1/model.onnx
 
 .PHONY: setup apt venv export demo test test-fast lint bench clean
 
-setup: apt $(STAMP) $(DEFAULT_ONNX)
+setup: apt $(STAMP) $(DEFAULT_ONNX) $(LIVE_ONNX)
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -31,6 +32,10 @@ $(STAMP): pyproject.toml
 # The ONNX model is an artifact: exported from the shipped checkpoint, never committed.
 $(DEFAULT_ONNX): $(STAMP) $(wildcard training/weights/*.pt)
 	$(BIN)/lipsync-export --quiet
+
+# The gateway's live model (the low-look-ahead weights), served beside the default one.
+$(LIVE_ONNX): $(STAMP) $(wildcard training/weights/*.pt)
+	$(BIN)/lipsync-export --live --quiet
 
 export: $(STAMP)
 	$(BIN)/lipsync-export
@@ -55,4 +60,4 @@ bench: setup
 	$(BIN)/python -m lipsync.benchmarks.pipeline --quick
 
 clean:
-	rm -rf $(VENV) results $(DEFAULT_ONNX)
+	rm -rf $(VENV) results $(DEFAULT_ONNX) model_repository/wav2lip_live

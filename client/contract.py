@@ -79,6 +79,10 @@ EMBEDDED_MODEL = "wav2lip_python"
 ONNX_MODEL = "wav2lip_onnx"
 TENSORRT_MODEL = "wav2lip_trt"
 SERVED_MODELS = (EMBEDDED_MODEL, ONNX_MODEL, TENSORRT_MODEL)
+# The live default: the embedded model's code on the shipped low-look-ahead weights (75 ms of future
+# audio instead of 200; docs/latency.md), written by `lipsync-export --live`. The gateway serves it;
+# the offline command keeps the 200 ms model, which has the better sync figures.
+LIVE_MODEL = "wav2lip_live"
 
 
 def check_batch(mel: np.ndarray, faces: np.ndarray) -> int:

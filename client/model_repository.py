@@ -16,6 +16,8 @@ DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 # Shipped in the repository (see training/weights/MODEL_CARD.md): data, not an import of training.
 SHIPPED_WEIGHTS = PROJECT_ROOT / "training" / "weights"
 SHIPPED_GENERATOR = SHIPPED_WEIGHTS / "wav2lip_cpu.pt"
+# The live default's weights (contract.LIVE_MODEL): fine-tuned with mel offset -10, a 75 ms look-ahead.
+SHIPPED_LIVE_GENERATOR = SHIPPED_WEIGHTS / "wav2lip_cpu_lookahead75.pt"
 SHIPPED_EXPERT = SHIPPED_WEIGHTS / "expert_cpu.pt"
 
 VERSION = "1"
@@ -30,6 +32,7 @@ EXPORT_REPORT_FILE = "export_config.json"
 # Files each model's version folder must hold before Triton can load it (written by `lipsync-export`).
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     contract.EMBEDDED_MODEL: (PYTHON_MODEL_FILE, ONNX_FILE),
+    contract.LIVE_MODEL: (PYTHON_MODEL_FILE, ONNX_FILE),
     contract.ONNX_MODEL: (ONNX_FILE,),
     contract.TENSORRT_MODEL: (ENGINE_FILE,),
 }
@@ -60,6 +63,11 @@ def artifact_path(repository: str | Path, model: str, filename: str) -> Path:
 def default_onnx_model(repository: str | Path = DEFAULT_REPOSITORY) -> Path:
     """The exported FP32 ONNX generator, the ONNX Runtime backend's default."""
     return artifact_path(repository, contract.ONNX_MODEL, ONNX_FILE)
+
+
+def live_onnx_model(repository: str | Path = DEFAULT_REPOSITORY) -> Path:
+    """The live default's FP32 ONNX generator (`lipsync-export --live`), the gateway's in-process default."""
+    return artifact_path(repository, contract.LIVE_MODEL, ONNX_FILE)
 
 
 def missing_files(repository: str | Path, model: str) -> list[Path]:

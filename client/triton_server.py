@@ -453,13 +453,14 @@ class ServerConfig:
         metadata={"flag": "--model-repository", "help": "Triton model repository (written by lipsync-export)"},
     )
     models: tuple[str, ...] = field(
-        default=(contract.EMBEDDED_MODEL,),
+        default=(),
         metadata={
             "flag": "--models",
             "nargs": "+",
-            "help": "models to load, e.g. wav2lip_python avatar_anna (an avatar's own model, written by "
-            "`lipsync-export --avatar DIR`); this build of tritonserver has only the Python backend, so the ONNX "
-            "and TensorRT models are for the official container",
+            "help": f"models to load, e.g. wav2lip_python avatar_anna (an avatar's own model, written by "
+            f"`lipsync-export --avatar DIR`); default: {contract.EMBEDDED_MODEL}, and {contract.LIVE_MODEL} (the "
+            "gateway's) when the repository has it. This build of tritonserver has only the Python backend, so the "
+            "ONNX and TensorRT models are for the official container",
         },
     )
     grpc_port: int = field(
@@ -486,10 +487,18 @@ class ServerConfig:
     )
 
     def __post_init__(self) -> None:
+        if not self.models:
+            object.__setattr__(self, "models", default_models(self.model_repository))
         for name in ("grpc_port", "http_port", "metrics_port"):
             check_port(name, getattr(self, name))
         if self.startup_timeout <= 0:
             raise ValueError(f"startup_timeout must be > 0, got {self.startup_timeout}")
+
+
+def default_models(repository: Path) -> tuple[str, ...]:
+    """The embedded model (the offline command's), and the live one (the gateway's) when it was exported."""
+    live = layout.config_path(repository, contract.LIVE_MODEL).is_file()
+    return (contract.EMBEDDED_MODEL, contract.LIVE_MODEL) if live else (contract.EMBEDDED_MODEL,)
 
 
 def _check_remote(config: ServerConfig) -> int:

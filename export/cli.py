@@ -54,6 +54,15 @@ class ExportConfig:
             "Triton model avatar_<name> in the repository; the default models are not touched",
         },
     )
+    live: bool = field(
+        default=False,
+        metadata={
+            "flag": "--live",
+            "help": f"export the live default ({contract.LIVE_MODEL}: the embedded model on the shipped low-look-ahead "
+            f"weights {layout.SHIPPED_LIVE_GENERATOR.name}, or on --checkpoint) into its own Triton model; the gateway "
+            "serves it; the default models are not touched",
+        },
+    )
     random_weights: bool = field(
         default=False, metadata={"flag": "--random-weights", "help": "export a randomly initialised generator (tests)"}
     )
@@ -124,7 +133,9 @@ class ExportConfig:
             raise ValueError(
                 f"--avatar {self.avatar} brings its own weights: give it without --checkpoint or --random-weights"
             )
-        if self.avatar is not None and self.tensorrt:
+        if self.live and self.avatar is not None:
+            raise ValueError("give --live or --avatar, not both: each writes its own model")
+        if (self.avatar is not None or self.live) and self.tensorrt:
             raise ValueError(
                 "--tensorrt builds the default models' engine; an avatar's model is served by the Python backend "
                 "(PyTorch FP16 with CUDA graphs on a GPU): export it without --tensorrt"
@@ -155,11 +166,15 @@ class ExportConfig:
     def report_path(self) -> Path:
         """Where the resolved config and measurements go: an avatar's beside its model, so a later avatar
         export never replaces the default export's record (or another avatar's)."""
-        if self.avatar is not None:
-            return layout.config_path(self.output_dir, load_avatar(self.avatar).triton_model).with_name(
-                layout.EXPORT_REPORT_FILE
-            )
+        if self.avatar is not None or self.live:
+            return layout.config_path(self.output_dir, self.served_model()).with_name(layout.EXPORT_REPORT_FILE)
         return Path(self.output_dir) / layout.EXPORT_REPORT_FILE
+
+    def served_model(self) -> str:
+        """The Triton model this export writes (the default export also writes the ONNX and TensorRT ones)."""
+        if self.avatar is not None:
+            return load_avatar(self.avatar).triton_model
+        return contract.LIVE_MODEL if self.live else contract.EMBEDDED_MODEL
 
 
 class ExportError(RuntimeError):
@@ -193,7 +208,7 @@ def _load_model(config: ExportConfig, avatar: Avatar | None = None):
         model = Wav2Lip(Wav2LipConfig(width=config.width)).eval()
         source = f"random weights (seed {config.seed})"
     else:
-        checkpoint = config.checkpoint or DEFAULT_CHECKPOINT
+        checkpoint = config.checkpoint or (layout.SHIPPED_LIVE_GENERATOR if config.live else DEFAULT_CHECKPOINT)
         if not Path(checkpoint).is_file():
             if config.checkpoint is None:
                 raise ExportError(
@@ -256,7 +271,9 @@ def run(config: ExportConfig) -> dict:
 
     repo = Path(config.output_dir)
     avatar = load_avatar(config.avatar) if config.avatar is not None else None
-    fp16 = config.fp16 and avatar is None
+    served = config.served_model()
+    variant = avatar is not None or config.live  # the embedded model's code on other weights, under its own name
+    fp16 = config.fp16 and not variant
     total = 3 + fp16 + config.writes_int8 + config.tensorrt
     number = 0
     report: dict = {"verification": [], "artifacts": {}, "seconds": {}}
@@ -276,8 +293,12 @@ def run(config: ExportConfig) -> dict:
             say(f"      avatar {avatar.name!r}: no FP16 ONNX (its model {avatar.triton_model} runs FP32 ONNX on a CPU)")
     reference = PyTorchBackend(model=model, device="cpu", max_batch=config.max_batch)
 
-    # An avatar's ONNX belongs to the avatar (the onnxruntime backend runs it from there).
-    onnx_path = avatar.onnx if avatar is not None else layout.artifact_path(repo, contract.ONNX_MODEL, layout.ONNX_FILE)
+    # An avatar's ONNX belongs to the avatar (the onnxruntime backend runs it from there); the live model's
+    # to its own folder.
+    if avatar is not None:
+        onnx_path = avatar.onnx
+    else:
+        onnx_path = layout.artifact_path(repo, served if config.live else contract.ONNX_MODEL, layout.ONNX_FILE)
     stage(f"PyTorch -> ONNX FP32 (opset {config.opset}, batch 1..{config.max_batch}): {onnx_path}")
     started = time.perf_counter()
     onnx_path.unlink(missing_ok=True)  # it may be a hard link shared with the Python model's copy
@@ -344,14 +365,13 @@ def run(config: ExportConfig) -> dict:
             )
             report["artifacts"]["tensorrt_engine"] = str(engine_path)
 
-    served = avatar.triton_model if avatar is not None else contract.EMBEDDED_MODEL
-    stage(f"write the Triton model repository: {repo}" + (f" (model {served})" if avatar is not None else ""))
+    stage(f"write the Triton model repository: {repo}" + (f" (model {served})" if variant else ""))
     # Re-saved in this project's format whatever the source was (released .pth, TorchScript, ours).
     checkpoint_path = layout.artifact_path(repo, served, model_repository.EMBEDDED_PARAMETERS["checkpoint"])
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint_path, model=model, config=model.config)
-    if avatar is not None:
-        written = model_repository.write_avatar_model(
+    if variant:
+        written = model_repository.write_variant_model(
             repo,
             served,
             onnx_fp32=onnx_path,
@@ -369,7 +389,8 @@ def run(config: ExportConfig) -> dict:
             mel_offset=model.config.mel_offset,
         )
     served_int8 = layout.artifact_path(repo, served, model_repository.EMBEDDED_PARAMETERS["int8_onnx_file"])
-    served_int8.unlink(missing_ok=True)
+    if served_int8 != int8_path:  # the live model's INT8 file is written in place
+        served_int8.unlink(missing_ok=True)
     if config.writes_int8:
         written.append(model_repository.install_file(int8_path, served_int8))
     for path in written:

@@ -23,10 +23,23 @@ from lipsync.client.model_repository import artifact_path, config_path
 
 log = logging.getLogger(__name__)
 
-# Dynamic batcher settings shared by every model. A CPU frame costs tens of ms, a GPU batch a few:
-# waiting 2 ms for company is cheap either way, and the queue is bounded so overload is refused, not hoarded.
+# Dynamic batcher settings of the GPU models (official Triton container). A GPU batch costs a few ms: waiting
+# 2 ms for company is cheap, and the queue is bounded so overload is refused, not hoarded.
 MAX_QUEUE_DELAY_US = 2000
 MAX_QUEUE_SIZE = 4 * contract.MAX_BATCH
+# The embedded model's batcher (and the avatar and live models', which share its body) neither waits nor keeps
+# a queue policy. Any default_queue_policy (deadlines, a max queue size) turns off Triton's payload prefetch:
+# the batcher then forms a batch only while the instance waits for work, and nothing wakes it when the
+# instance comes back to wait (core dynamic_batch_scheduler.cc), so queued frames sleep until the next request
+# arrives or 500 ms pass. Measured with one-frame requests on 2 cores (benchmarks/serving.py --sweep config):
+# at width 0.25, concurrency 1/2/4/8, 35/44/39/52 frames/s with p99 511-585 ms under the old policy,
+# 109/121/115/117 frames/s with p99 19-99 ms without it. On the CPU a batch buys nothing (ONNX Runtime's
+# cost per frame is flat from batch 1 to 8), so the 2 ms delay only added latency (85 against 109 frames/s at
+# concurrency 1); under load batches still form from what queued during the last one, as the GPU path needs.
+# Deadlines still hold without the policy: the client cancels a request at its deadline and the batcher and
+# 1/model.py drop it (16-frame bursts, 60 ms deadline, width 0.5: 23 of 80 frames computed, 9 with the policy);
+# the queue is bounded by the clients' requests in flight (the gateway's max_in_flight per session).
+EMBEDDED_MAX_QUEUE_DELAY_US = 0
 WARMUP_BATCHES = (1, contract.OPT_BATCH)
 
 _HEADERS = {
@@ -41,6 +54,10 @@ _HEADERS = {
     ),
 }
 
+_LIVE_HEADER = (
+    "The live default, served to the gateway: the embedded Python-backend model of\n"
+    f"{contract.EMBEDDED_MODEL} (1/model.py) on the shipped low-look-ahead weights (training/weights/MODEL_CARD.md)."
+)
 _AVATAR_HEADER = (
     "An enrolled avatar's own generator, written by `lipsync-export --avatar DIR`: the embedded\n"
     f"Python-backend model of {contract.EMBEDDED_MODEL} (1/model.py) on the avatar's weights."
@@ -52,8 +69,10 @@ _AVATAR_MODEL_NAME = re.compile(rf"^{re.escape(layout.AVATAR_MODEL_PREFIX)}[a-z]
 _BODIES = {
     contract.EMBEDDED_MODEL: (
         'backend: "python"',
-        # One instance: ONNX Runtime already spreads one batch over all cores, and on a GPU one set of
-        # CUDA graphs serves every batch; a second instance would only compete for the same cores.
+        # One instance: on a GPU one set of CUDA graphs serves every batch; on the CPU its one ONNX Runtime
+        # thread leaves the other core to tracking, blending and WebRTC. A second instance raised throughput
+        # only where a core sat idle (serving benchmark, width 0.25, concurrency 2-8: 131-160 frames/s
+        # against 86-117, 2 cores, client the only other load); in the gateway it competes for the same cores.
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
     ),
     contract.ONNX_MODEL: (
@@ -81,6 +100,9 @@ EMBEDDED_PARAMETERS = {
     # sessions; measured in the gateway loop on 2 cores: inference p50 441 ms with 0 (all cores), 19 ms with 1.
     "intra_op_threads": "1",
 }
+# The live model serves the gateway's frames, where time matters more than the last dB against FP32: it runs
+# the fastest CPU path measured at start (INT8 on a Xeon without AMX: 1.2-1.6x FP32, 48 dB PSNR against it).
+LIVE_PARAMETERS = {**EMBEDDED_PARAMETERS, "precision": "auto"}
 
 
 def _triton_dtype(spec: contract.TensorSpec) -> str:
@@ -105,6 +127,18 @@ def render_config(model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset
     return _render(model, _HEADERS[model], like=model, max_batch=max_batch, mel_offset=mel_offset)
 
 
+def render_live_config(*, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> str:
+    """The config.pbtxt text of the live default: the embedded model's body under contract.LIVE_MODEL."""
+    return _render(
+        contract.LIVE_MODEL,
+        _LIVE_HEADER,
+        like=contract.EMBEDDED_MODEL,
+        max_batch=max_batch,
+        mel_offset=mel_offset,
+        parameters=LIVE_PARAMETERS,
+    )
+
+
 def render_avatar_config(model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> str:
     """The config.pbtxt text of an avatar's own model: the embedded model's body under the avatar's name."""
     if not _AVATAR_MODEL_NAME.match(model):
@@ -115,7 +149,9 @@ def render_avatar_config(model: str, *, max_batch: int = contract.MAX_BATCH, mel
     return _render(model, _AVATAR_HEADER, like=contract.EMBEDDED_MODEL, max_batch=max_batch, mel_offset=mel_offset)
 
 
-def _render(model: str, header: str, *, like: str, max_batch: int, mel_offset: int) -> str:
+def _render(
+    model: str, header: str, *, like: str, max_batch: int, mel_offset: int, parameters: dict[str, str] | None = None
+) -> str:
     """config.pbtxt for `model` with the backend, instances and parameters of the served model `like`."""
     if not 1 <= max_batch:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -138,12 +174,18 @@ def _render(model: str, header: str, *, like: str, max_batch: int, mel_offset: i
         instances,
         "dynamic_batching {",
         f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
-        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
-        # Clients send their deadline with each request; a frame whose deadline passed in the queue is dropped.
-        f"  default_queue_policy {{ timeout_action: REJECT allow_timeout_override: true max_queue_size: {MAX_QUEUE_SIZE} }}",
-        "}",
     ]
-    parameters = EMBEDDED_PARAMETERS if like == contract.EMBEDDED_MODEL else {}
+    if like == contract.EMBEDDED_MODEL:
+        lines.append(f"  max_queue_delay_microseconds: {EMBEDDED_MAX_QUEUE_DELAY_US}")
+    else:
+        lines += [
+            f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
+            # Clients send their deadline with each request; a frame whose deadline passed in the queue is dropped.
+            f"  default_queue_policy {{ timeout_action: REJECT allow_timeout_override: true max_queue_size: {MAX_QUEUE_SIZE} }}",
+        ]
+    lines.append("}")
+    if parameters is None:
+        parameters = EMBEDDED_PARAMETERS if like == contract.EMBEDDED_MODEL else {}
     # Not read by the server: the Triton client learns from it how to cut the mel windows.
     parameters = {**parameters, contract.MEL_OFFSET_METADATA_KEY: str(mel_offset)}
     lines += [
@@ -163,11 +205,14 @@ def _render(model: str, header: str, *, like: str, max_batch: int, mel_offset: i
 
 
 def write_config(repository: Path, model: str, *, max_batch: int = contract.MAX_BATCH, mel_offset: int = 0) -> Path:
-    """Write one model's config.pbtxt (an avatar's model gets the embedded model's body)."""
+    """Write one model's config.pbtxt (an avatar's model and the live one get the embedded model's body)."""
     path = config_path(repository, model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render = render_avatar_config if layout.is_avatar_model(model) else render_config
-    text = render(model, max_batch=max_batch, mel_offset=mel_offset)
+    if model == contract.LIVE_MODEL:
+        text = render_live_config(max_batch=max_batch, mel_offset=mel_offset)
+    else:
+        render = render_avatar_config if layout.is_avatar_model(model) else render_config
+        text = render(model, max_batch=max_batch, mel_offset=mel_offset)
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
         log.info("wrote %s", path)
@@ -231,7 +276,7 @@ def write_repository(
     return written
 
 
-def write_avatar_model(
+def write_variant_model(
     repository: Path,
     model: str,
     *,
@@ -240,10 +285,14 @@ def write_avatar_model(
     max_batch: int = contract.MAX_BATCH,
     mel_offset: int = 0,
 ) -> list[Path]:
-    """Write an avatar's own model (config, the Python model's code, its ONNX and checkpoint) beside the
-    others; the served models' folders are not touched, so the default model keeps serving."""
-    if not layout.is_avatar_model(model):
-        raise ValueError(f"{model!r} is not an avatar model name (they start with {layout.AVATAR_MODEL_PREFIX!r})")
+    """Write the embedded model on other weights under its own name (an avatar's model, or the live default):
+    config, the Python model's code, its ONNX and checkpoint, beside the others; the served models' folders
+    are not touched, so the default model keeps serving."""
+    if not (layout.is_avatar_model(model) or model == contract.LIVE_MODEL):
+        raise ValueError(
+            f"{model!r} is not an avatar model name (they start with {layout.AVATAR_MODEL_PREFIX!r}) "
+            f"nor the live model {contract.LIVE_MODEL!r}"
+        )
     repository = Path(repository)
     written = [
         write_config(repository, model, max_batch=max_batch, mel_offset=mel_offset),

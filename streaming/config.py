@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lipsync.client import contract
+from lipsync.client import model_repository as layout
 from lipsync.client.avatar import load_avatars
 from lipsync.client.backends import BACKEND_NAMES, DEFAULT_TRITON_URL
 from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
 
 BACKENDS = BACKEND_NAMES  # one list, client.backends
+logger = logging.getLogger(__name__)
+
 TOKEN_ENV = "LIPSYNC_GATEWAY_TOKEN"
 # Live audio reaches the session about this late: aiortc's receiver holds each audio frame until
 # 4 more 20 ms packets arrived, and a packet's first sample was captured 20 ms before it was sent.
@@ -46,8 +50,15 @@ class GatewayConfig:
     token: str | None = _opt(f"bearer token required for /offer, /speech and stats (or set {TOKEN_ENV})", default=None)
     backend: str = _opt("where the generator runs", default="triton", meta={"choices": BACKENDS})
     triton_url: str = _opt("Triton gRPC address (backend=triton)", default=DEFAULT_TRITON_URL)
-    model: str = _opt("served model name (backend=triton)", default=contract.EMBEDDED_MODEL)
-    model_path: str | None = _opt("ONNX model or checkpoint for the in-process backends", default=None)
+    model: str = _opt(
+        "served model name (backend=triton); the default is the live model, which needs 75 ms of future audio",
+        default=contract.LIVE_MODEL,
+    )
+    model_path: str | None = _opt(
+        "ONNX model or checkpoint for the in-process backends (default: the live model's, "
+        "model_repository/wav2lip_live/1/model.onnx or training/weights/wav2lip_cpu_lookahead75.pt)",
+        default=None,
+    )
     backend_timeout_s: float = _opt("give up on one inference request after this long", default=1.0)
     backend_retry_s: float = _opt(
         "after the backend is found down, pass frames through this long before retrying", default=1.0
@@ -179,7 +190,7 @@ class GatewayConfig:
         # The server drops requests still queued after this: a frame past its budget is passed through anyway.
         timeout = min(self.backend_timeout_s, self.compute_budget_ms / 1000)
         return {
-            "weights": self.model_path,
+            "weights": self.model_path or live_weights(self.backend),
             "triton_url": self.triton_url,
             "triton_model": self.model,
             "timeout_s": timeout,
@@ -198,6 +209,16 @@ class GatewayConfig:
         data = asdict(self)
         data["token"] = "***" if self.token else None
         return data
+
+
+def live_weights(backend: str) -> Path | None:
+    """The live default's weights for an in-process backend (the served model's name covers backend=triton);
+    None, so the backend takes its own default (the 200 ms model), where they were not exported."""
+    path = {"onnxruntime": layout.live_onnx_model(), "pytorch": layout.SHIPPED_LIVE_GENERATOR}.get(backend)
+    if path is None or path.is_file():
+        return path
+    logger.warning("the live model %s is missing (`lipsync-export --live` writes it); using the 200 ms model", path)
+    return None
 
 
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:

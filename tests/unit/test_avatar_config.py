@@ -307,7 +307,7 @@ def test_avatar_model_is_written_beside_the_default_and_checked_before_launch(tm
     (tmp_path / "model.onnx").unlink()  # the avatar's own files, not the default's
     avatar_onnx = tmp_path / "avatar.onnx"
     avatar_onnx.write_bytes(b"avatar onnx")
-    written = model_repository.write_avatar_model(repo, "avatar_anna", onnx_fp32=avatar_onnx, checkpoint=checkpoint)
+    written = model_repository.write_variant_model(repo, "avatar_anna", onnx_fp32=avatar_onnx, checkpoint=checkpoint)
     assert {p.relative_to(repo).as_posix() for p in written} == {
         "avatar_anna/config.pbtxt", "avatar_anna/1/model.py", "avatar_anna/1/model.onnx", "avatar_anna/1/model.pt",
     }  # fmt: skip
@@ -321,7 +321,7 @@ def test_avatar_model_is_written_beside_the_default_and_checked_before_launch(tm
     with pytest.raises(TritonServerError, match=r"'avatar_anna' is missing .*model.onnx; .*lipsync-export --avatar"):
         check_repository(repo, (contract.EMBEDDED_MODEL, "avatar_anna"))
     with pytest.raises(ValueError, match="not an avatar model name"):
-        model_repository.write_avatar_model(repo, "wav2lip_python", onnx_fp32=avatar_onnx, checkpoint=checkpoint)
+        model_repository.write_variant_model(repo, "wav2lip_python", onnx_fp32=avatar_onnx, checkpoint=checkpoint)
 
 
 # -- the offline command's refusals: one line, exit 2, no traceback

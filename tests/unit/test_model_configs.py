@@ -31,9 +31,27 @@ def load(model: str) -> mc.ModelConfig:
 
 
 def test_the_repository_holds_exactly_the_served_models() -> None:
-    # Avatar models (`lipsync-export --avatar`) are written beside these on a user's machine, never committed.
-    found = sorted(p.parent.name for p in REPOSITORY.glob("*/config.pbtxt") if not p.parent.name.startswith("avatar_"))
+    # Avatar models (`lipsync-export --avatar`) and the live model (`--live`) are written beside these by
+    # export, never committed.
+    found = sorted(
+        p.parent.name
+        for p in REPOSITORY.glob("*/config.pbtxt")
+        if not p.parent.name.startswith("avatar_") and p.parent.name != contract.LIVE_MODEL
+    )
     assert found == sorted(contract.SERVED_MODELS)
+
+
+def test_the_live_model_is_the_embedded_one_on_its_own_weights_at_the_fastest_cpu_path() -> None:
+    from lipsync.export import model_repository
+
+    live = parse(model_repository.render_live_config(mel_offset=-10))
+    embedded = parse(model_repository.render_config(contract.EMBEDDED_MODEL))
+    assert live.name == contract.LIVE_MODEL and live.backend == embedded.backend == "python"
+    params = {k: v.string_value for k, v in live.parameters.items()}
+    assert params.pop("precision") == "auto" and params.pop("mel_offset") == "-10"
+    expected = {k: v.string_value for k, v in embedded.parameters.items() if k not in ("precision", "mel_offset")}
+    assert params == expected
+    assert live.dynamic_batching == embedded.dynamic_batching and live.instance_group == embedded.instance_group
 
 
 def check_tensors(declared, specs) -> None:
@@ -55,11 +73,14 @@ def test_config_matches_the_contract(model: str) -> None:
     assert config.HasField("dynamic_batching")
     assert tuple(batching.preferred_batch_size) == contract.PREFERRED_BATCHES
     assert all(b <= config.max_batch_size for b in batching.preferred_batch_size)
-    # A queue delay is microseconds: a few ms buys batches without hurting a 40 ms frame budget.
-    assert 0 < batching.max_queue_delay_microseconds <= 10_000
-    policy = batching.default_queue_policy
-    assert policy.allow_timeout_override and policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert 0 < policy.max_queue_size, "the server queue must be bounded"
+    if model == contract.EMBEDDED_MODEL:
+        check_embedded_batcher(config)
+    else:
+        # A queue delay is microseconds: a few ms buys batches without hurting a 40 ms frame budget.
+        assert 0 < batching.max_queue_delay_microseconds <= 10_000
+        policy = batching.default_queue_policy
+        assert policy.allow_timeout_override and policy.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert 0 < policy.max_queue_size, "the server queue must be bounded"
 
     assert [g.kind for g in config.instance_group] == [KIND[model]]
     assert all(g.count >= 1 for g in config.instance_group)
@@ -72,6 +93,18 @@ def test_config_matches_the_contract(model: str) -> None:
             sample = warmup.inputs[spec.name]
             assert tuple(sample.dims) == spec.shape
             assert mc.DataType.Name(sample.data_type) == f"TYPE_{spec.dtype}"
+
+
+def check_embedded_batcher(config: mc.ModelConfig) -> None:
+    # No queue policy: any (deadlines or a max queue size) turns off Triton's payload prefetch, and the one
+    # instance's batcher then sleeps up to 500 ms with frames queued (export/model_repository.py). No delay:
+    # on the CPU a batch costs per frame what single frames do, so waiting for company only adds latency.
+    assert not config.dynamic_batching.HasField("default_queue_policy")
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+
+
+def test_models_on_the_embedded_body_share_its_batcher() -> None:
+    check_embedded_batcher(parse(model_repository.render_avatar_config("avatar_someone")))
 
 
 def test_backends_and_platforms() -> None:

@@ -60,3 +60,27 @@ def test_token_from_the_environment_is_not_shown(monkeypatch) -> None:
 def test_bad_values_are_named(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         GatewayConfig(**{field: value})
+
+
+def test_the_gateway_runs_the_live_model_by_default(tmp_path) -> None:
+    from lipsync.client import contract
+    from lipsync.client import model_repository as layout
+    from lipsync.client.triton_server import default_models
+    from lipsync.export import model_repository
+
+    assert GatewayConfig().model == contract.LIVE_MODEL
+    assert GatewayConfig(backend="pytorch").backend_options()["weights"] == layout.SHIPPED_LIVE_GENERATOR
+    assert GatewayConfig(backend="pytorch", model_path="/mine.pt").backend_options()["weights"] == "/mine.pt"
+    # lipsync-server loads the live model beside the embedded one once export has written it.
+    assert default_models(tmp_path) == (contract.EMBEDDED_MODEL,)
+    model_repository.write_config(tmp_path, contract.LIVE_MODEL, mel_offset=-10)
+    assert default_models(tmp_path) == (contract.EMBEDDED_MODEL, contract.LIVE_MODEL)
+
+
+def test_without_the_exported_live_model_the_in_process_gateway_falls_back_and_says_so(monkeypatch, tmp_path, caplog):
+    from lipsync.client import model_repository as layout
+
+    # A checkout where `lipsync-export --live` never ran.
+    monkeypatch.setattr(layout, "live_onnx_model", lambda repository=tmp_path: tmp_path / "wav2lip_live/1/model.onnx")
+    assert GatewayConfig(backend="onnxruntime").backend_options()["weights"] is None
+    assert "lipsync-export --live" in caplog.text
