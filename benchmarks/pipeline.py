@@ -1,12 +1,14 @@
 """The whole live pipeline over loopback: mouth-generation latency, added delay, per-stage times, sessions at 25 fps.
 
 `python -m lipsync.benchmarks.pipeline [--quick]` starts a tritonserver (embedded, Python backend running
-ONNX Runtime) on a random-weight generator, the gateway (`lipsync-gateway`, its own process) and
+ONNX Runtime) on the live default generator (the shipped low-look-ahead weights; `--weights` for others,
+`--random-weights --width W` for a width only), the gateway (`lipsync-gateway`, its own process) and
 N aiortc peers in this process, each sending a talking face (320x240, 25 fps) and speech as its
 microphone. For N = 1, 2, ... it measures, over a fixed window:
 - mouth generation (docs/latency.md, section 1): track + Triton round trip + blend, per generated frame;
 - the per-stage breakdown (track, audio_wait = the look-ahead wait, infer, blend);
 - the added delay at the gateway (frame in -> frame out) and the round trip seen by the peer;
+- the session's delay D and its parts (look-ahead of the served model, input hold, compute budget);
 - output frames per second at each peer and what became of the frames.
 N keeps 25 fps when every peer gets >= 95 % of 25 fps back; N is sustained when it also has
 >= 95 % of the speech frames that show a face generated (not passed through for want of time)
@@ -54,12 +56,15 @@ class Plan:
     settle_s: float  # after every peer connected, before measuring
     width: float  # generator width of the random-weight model
     size: tuple[int, int] = (320, 240)
-    compute_budget_ms: int = 150
+    compute_budget_ms: int = 150  # the ceiling of the gateway's adaptive budget
     ort_threads: int = 1
+    weights: str | None = None  # checkpoint served (None: random weights of `width`)
 
 
-FULL = Plan(max_sessions=8, seconds=20.0, settle_s=3.0, width=0.25)
-QUICK = Plan(max_sessions=3, seconds=8.0, settle_s=2.0, width=0.25)
+# The live default: the shipped weights that need 75 ms of future audio (training/weights/MODEL_CARD.md).
+LIVE_WEIGHTS = REPO_ROOT / "training" / "weights" / "wav2lip_cpu_lookahead75.pt"
+FULL = Plan(max_sessions=8, seconds=20.0, settle_s=5.0, width=0.25, weights=str(LIVE_WEIGHTS))
+QUICK = Plan(max_sessions=3, seconds=8.0, settle_s=4.0, width=0.25, weights=str(LIVE_WEIGHTS))
 
 
 @dataclass
@@ -76,6 +81,8 @@ class Run:
     round_trip_ms: dict[str, float | None] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    # The sessions' delay D at the end of the window and the parts of its target (mean over sessions), ms.
+    delay_ms: dict[str, float] = field(default_factory=dict)
     why_not: str = ""
 
 
@@ -105,7 +112,8 @@ def prepare_repository(plan: Plan, folder: Path, given: Path | None) -> Path:
         from lipsync.export.cli import ExportConfig, run
 
         source = folder / "export"
-        run(ExportConfig(random_weights=True, width=plan.width, output_dir=source, fp16=False, real_inputs=False,
+        weights = {"checkpoint": Path(plan.weights)} if plan.weights else {"random_weights": True, "width": plan.width}
+        run(ExportConfig(**weights, output_dir=source, fp16=False, real_inputs=False, int8=False,
                          verify_samples=1, quiet=True))  # fmt: skip
     else:
         source = given
@@ -130,6 +138,7 @@ async def start_gateway(plan: Plan, triton_url: str, log) -> tuple[asyncio.subpr
     port = free_port()
     cmd = [
         sys.executable, "-m", "lipsync.streaming.server", "--port", str(port), "--ice_loopback", "--triton_url", triton_url,
+        "--model", contract.EMBEDDED_MODEL,
         "--compute_budget_ms", str(plan.compute_budget_ms), "--max_sessions", str(plan.max_sessions),
         "--log_level", "WARNING", "--session_idle_s", "10",
     ]  # fmt: skip
@@ -210,6 +219,8 @@ async def measure(n: int, url: str, frames: list[np.ndarray], speech: np.ndarray
     run.added_delay_ms = percentiles_ms(pooled.get("added_delay", []))
     run.round_trip_ms = percentiles_ms(round_trip)
     run.outcomes, run.dropped = outcomes, dropped
+    parts = [s["delay_ms"] for s in stats if s.get("delay_ms")]
+    run.delay_ms = {key: round(float(np.mean([p[key] for p in parts])), 1) for key in parts[0]} if parts else {}
     reasons = []
     run.keeps_fps = run.fps_min >= 0.95 * FPS
     if not run.keeps_fps:
@@ -223,6 +234,23 @@ async def measure(n: int, url: str, frames: list[np.ndarray], speech: np.ndarray
     log(f"{n} session(s): {'sustained' if run.sustained else 'NOT sustained (' + run.why_not + ')'}; "
         f"fps min {run.fps_min}, mouth p50/p99 {run.mouth_ms['p50']}/{run.mouth_ms['p99']} ms")  # fmt: skip
     return run
+
+
+def delay_table(runs: list[Run]) -> str:
+    head = (
+        f"{'sessions':>8} {'D now':>7} {'target':>7} {'look-ahead':>10} {'input hold':>10} {'budget':>7} {'steps':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        d = r.delay_ms
+        lines.append(
+            f"{r.sessions:>8} {d.get('now', 0):>7.1f} {d.get('target', 0):>7.1f} {d.get('lookahead', 0):>10.1f} "
+            f"{d.get('input_hold', 0):>10.1f} {d.get('budget', 0):>7.1f} {d.get('changes', 0):>6.1f}"
+        )
+    lines.append(
+        "(ms, mean over the sessions at the end of the window; D = look-ahead + input hold + budget, in 20 ms steps)"
+    )
+    return "\n".join(lines)
 
 
 def table(runs: list[Run]) -> str:
@@ -294,7 +322,9 @@ async def run_benchmark(plan: Plan, repository: Path | None, log) -> tuple[list[
     speech = speech_clip()
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         repo = prepare_repository(plan, Path(tmp), repository)
-        log(f"model repository ready ({'given' if repository else f'random weights, width {plan.width}'})")
+        log(
+            f"model repository ready ({'given' if repository else plan.weights or f'random weights, width {plan.width}'})"
+        )
         with EmbeddedTritonServer(repo) as server:
             gateway, url = await start_gateway(plan, server.grpc_url, log)
             runs: list[Run] = []
@@ -305,9 +335,23 @@ async def run_benchmark(plan: Plan, repository: Path | None, log) -> tuple[list[
                     if not run.keeps_fps:
                         break
                     await asyncio.sleep(1.0)  # let the gateway close the last sessions
+                health = await gateway_health(url)
             finally:
                 await stop_gateway(gateway)
-    return runs, {"delay_ms": GatewayConfig(compute_budget_ms=plan.compute_budget_ms).delay_ms("microphone")}
+    lookahead = health["lookahead_ms"]
+    return runs, {
+        "lookahead_ms": lookahead,
+        # Where every session starts, before the budget was measured (then D follows it: runs[].delay_ms).
+        "delay_ms": GatewayConfig(compute_budget_ms=plan.compute_budget_ms).delay_ms("microphone", lookahead),
+        "compute_budget_ms": health["compute_budget_ms"],
+    }
+
+
+async def gateway_health(url: str) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as resp:
+        return await resp.json()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI scale: up to 3 sessions, 8 s windows")
     parser.add_argument("--max-sessions", type=int, help="stop the ramp here")
     parser.add_argument("--seconds", type=float, help="measuring window per number of sessions")
+    parser.add_argument("--weights", type=Path, help=f"generator checkpoint to serve (default: {LIVE_WEIGHTS.name})")
+    parser.add_argument("--random-weights", action="store_true", help="serve random weights of --width instead")
     parser.add_argument("--width", type=float, help="width of the random-weight generator to serve")
     parser.add_argument("--repository", type=Path, help="serve this exported repository instead of random weights")
     parser.add_argument("--budget-ms", type=int, help="the gateway's compute budget per frame")
@@ -329,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         settle_s=base.settle_s,
         width=args.width or base.width,
         compute_budget_ms=args.budget_ms or base.compute_budget_ms,
+        weights=None if args.random_weights else str(args.weights or base.weights),
     )
     out = args.out or RESULTS / ("pipeline_quick.json" if args.quick else "pipeline.json")
     machine = describe_machine()
@@ -343,10 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     at_fps = [r.sessions for r in runs if r.keeps_fps]
     report = {
         **report_header(plan, started, load_before),
-        "notes": "random weights unless --repository (timing depends on width only); tritonserver (Python backend, "
-        f"ONNX Runtime, {plan.ort_threads} intra-op thread), gateway process and peers share this machine; peers send "
-        f"{plan.size[0]}x{plan.size[1]} VP8 at 25 fps with espeak-ng speech as microphone (~80 % of frames speech); "
-        "the gateway holds frames and audio back by delay_ms = look-ahead 200 + live-audio input 100 + budget",
+        "notes": f"served weights: {plan.weights or f'random, width {plan.width}'} (unless --repository); tritonserver "
+        f"(Python backend, ONNX Runtime, {plan.ort_threads} intra-op thread), gateway process and peers share this "
+        f"machine; peers send {plan.size[0]}x{plan.size[1]} VP8 at 25 fps with espeak-ng speech as microphone (~80 % of "
+        "frames speech); the gateway holds frames and audio back by D = the served model's look-ahead + live-audio "
+        "input hold + a compute budget that follows the measured p99 (runs[].delay_ms)",
         "max_sustained_sessions": max(sustained) if sustained else 0,
         "max_sessions_at_25fps": max(at_fps) if at_fps else 0,
         **extra,
@@ -356,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out.with_suffix(".png"))
     print(table(runs))
+    print()
+    print(delay_table(runs))
     load = report["load_average_1min"]
     print(f"\nsustained (25 fps, >= 95 % of speech frames generated, p99 within budget): "
           f"{report['max_sustained_sessions']} session(s); 25 fps out: {report['max_sessions_at_25fps']}")  # fmt: skip

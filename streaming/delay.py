@@ -57,10 +57,12 @@ class ComputeBudget:
         self.margin = margin
         self.slack_ms = slack_ms
         self._recent: deque[float] = deque(maxlen=_BUDGET_WINDOW)
+        self._p99: float | None = None  # cached: read per frame and per 20 ms of audio, changed per frame
 
     def observe(self, seconds: float) -> None:
         """A generated frame's mouth time, or the time a frame that ran out of budget was given."""
         self._recent.append(1000.0 * seconds)
+        self._p99 = None
 
     @property
     def samples(self) -> int:
@@ -68,7 +70,9 @@ class ComputeBudget:
 
     @property
     def p99_ms(self) -> float | None:
-        return float(np.percentile(np.fromiter(self._recent, float), 99)) if self._recent else None
+        if self._p99 is None and self._recent:
+            self._p99 = float(np.percentile(np.fromiter(self._recent, float), 99))
+        return self._p99
 
     @property
     def ms(self) -> float:
@@ -96,15 +100,17 @@ class ArrivalJitter:
     def __init__(self, ceiling_ms: float = 200.0) -> None:
         self.ceiling_ms = ceiling_ms
         self._late_ms: deque[float] = deque(maxlen=_JITTER_WINDOW)
+        self._ms: float | None = 0.0  # cached until the next packet
 
     def observe(self, late_samples: int, rate: int) -> None:
         self._late_ms.append(1000.0 * max(late_samples, 0) / rate)
+        self._ms = None
 
     @property
     def ms(self) -> float:
-        if not self._late_ms:
-            return 0.0
-        return min(self.ceiling_ms, float(np.percentile(np.fromiter(self._late_ms, float), 95)))
+        if self._ms is None:
+            self._ms = min(self.ceiling_ms, float(np.percentile(np.fromiter(self._late_ms, float), 95)))
+        return self._ms
 
 
 class SessionDelay:
