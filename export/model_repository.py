@@ -27,18 +27,19 @@ log = logging.getLogger(__name__)
 # 2 ms for company is cheap, and the queue is bounded so overload is refused, not hoarded.
 MAX_QUEUE_DELAY_US = 2000
 MAX_QUEUE_SIZE = 4 * contract.MAX_BATCH
-# The embedded model's batcher (and the avatar and live models', which share its body) neither waits nor keeps
-# a queue policy. Any default_queue_policy (deadlines, a max queue size) turns off Triton's payload prefetch:
-# the batcher then forms a batch only while the instance waits for work, and nothing wakes it when the
-# instance comes back to wait (core dynamic_batch_scheduler.cc), so queued frames sleep until the next request
-# arrives or 500 ms pass. Measured with one-frame requests on 2 cores (benchmarks/serving.py --sweep config):
-# at width 0.25, concurrency 1/2/4/8, 35/44/39/52 frames/s with p99 511-585 ms under the old policy,
-# 109/121/115/117 frames/s with p99 19-99 ms without it. On the CPU a batch buys nothing (ONNX Runtime's
-# cost per frame is flat from batch 1 to 8), so the 2 ms delay only added latency (85 against 109 frames/s at
-# concurrency 1); under load batches still form from what queued during the last one, as the GPU path needs.
-# Deadlines still hold without the policy: the client cancels a request at its deadline and the batcher and
-# 1/model.py drop it (16-frame bursts, 60 ms deadline, width 0.5: 23 of 80 frames computed, 9 with the policy);
-# the queue is bounded by the clients' requests in flight (the gateway's max_in_flight per session).
+# The embedded model's batcher (and the avatar and live models', which share its body) has no queue delay and
+# no queue policy. Any default_queue_policy (deadlines, a max queue size) turns off Triton's payload prefetch:
+# the batcher then hands a batch over only while the instance waits for work, and nothing wakes it when the
+# instance comes back to wait (core r24.10 dynamic_batch_scheduler.cc, WaitForPayloadSlotAvailable), so queued
+# frames sleep until the next request arrives or 500 ms pass. Measured (benchmarks/serving.py --sweep config,
+# 2-core Xeon, one-frame requests at concurrency 1/2/4/8): width 0.25, 36/63/46/51 frames/s with p99 513-628 ms
+# under the old policy, 106/115/110/89 frames/s with p99 21-216 ms without; width 0.5, 17/40/22/28 against
+# 41/48/45/38. On the CPU a batch costs per frame what single frames do (ONNX Runtime, batch 1 to 8), so
+# batching off measures the same within noise and a 2 ms delay only adds latency (85 against 109 frames/s at
+# concurrency 1, width 0.25); the batcher stays for the GPU path, and batches still form from what queued
+# during the last one. Deadlines still hold: the client cancels a request at its deadline and the batcher and
+# 1/model.py drop it (16-frame bursts, 60 ms deadline, width 0.5: 23 of 80 frames computed, 9 under the old
+# policy); the clients' requests in flight bound the queue.
 EMBEDDED_MAX_QUEUE_DELAY_US = 0
 WARMUP_BATCHES = (1, contract.OPT_BATCH)
 
@@ -71,8 +72,8 @@ _BODIES = {
         'backend: "python"',
         # One instance: on a GPU one set of CUDA graphs serves every batch; on the CPU its one ONNX Runtime
         # thread leaves the other core to tracking, blending and WebRTC. A second instance raised throughput
-        # only where a core sat idle (serving benchmark, width 0.25, concurrency 2-8: 131-160 frames/s
-        # against 86-117, 2 cores, client the only other load); in the gateway it competes for the same cores.
+        # only where a core sat idle (serving benchmark, batching off, width 0.25, concurrency 2-8: 131-160
+        # frames/s against 86-98, 2 cores, the client the only other load); the gateway needs that core.
         "instance_group [ { kind: KIND_CPU count: 1 } ]",
     ),
     contract.ONNX_MODEL: (
