@@ -103,29 +103,37 @@ def speech_clip() -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def prepare_repository(plan: Plan, folder: Path, given: Path | None) -> Path:
-    """An exported model repository with only the embedded model, its ONNX Runtime set to plan.ort_threads."""
+def prepare_repository(plan: Plan, folder: Path, given: Path | None) -> tuple[Path, str]:
+    """A model repository with the one model to serve, its ONNX Runtime set to plan.ort_threads, and that
+    model's name: given weights are exported as the live model is by `make setup` (`lipsync-export --live`:
+    precision auto, INT8 calibrated on real inputs); random weights as the embedded model."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    model = contract.LIVE_MODEL if plan.weights else contract.EMBEDDED_MODEL
     if given is None:
         from lipsync.export.cli import ExportConfig, run
 
         source = folder / "export"
-        weights = {"checkpoint": Path(plan.weights)} if plan.weights else {"random_weights": True, "width": plan.width}
-        run(ExportConfig(**weights, output_dir=source, fp16=False, real_inputs=False, int8=False,
-                         verify_samples=1, quiet=True))  # fmt: skip
+        if plan.weights:
+            export = ExportConfig(live=True, checkpoint=Path(plan.weights), output_dir=source, quiet=True)
+        else:
+            export = ExportConfig(random_weights=True, width=plan.width, output_dir=source, fp16=False,
+                                  real_inputs=False, int8=False, verify_samples=1, quiet=True)  # fmt: skip
+        run(export)
     else:
         source = given
+        if not (source / model).is_dir():
+            model = contract.EMBEDDED_MODEL
     repository = folder / "repository"
-    shutil.copytree(source / contract.EMBEDDED_MODEL, repository / contract.EMBEDDED_MODEL)
-    path = repository / contract.EMBEDDED_MODEL / "config.pbtxt"
+    shutil.copytree(source / model, repository / model)
+    path = repository / model / "config.pbtxt"
     config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     # One intra-op thread: the server shares two cores with the gateway and the peers, and ONNX
     # Runtime's spinning thread pool over both cores made inference 5-20x slower under that load.
     config.parameters["intra_op_threads"].string_value = str(plan.ort_threads)
     path.write_text(text_format.MessageToString(config))
-    return repository
+    return repository, model
 
 
 def free_port() -> int:
@@ -134,11 +142,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def start_gateway(plan: Plan, triton_url: str, log) -> tuple[asyncio.subprocess.Process, str]:
+async def start_gateway(
+    plan: Plan, triton_url: str, log, model: str = contract.EMBEDDED_MODEL
+) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "lipsync.streaming.server", "--port", str(port), "--ice_loopback", "--triton_url", triton_url,
-        "--model", contract.EMBEDDED_MODEL,
+        "--model", model,
         "--compute_budget_ms", str(plan.compute_budget_ms), "--max_sessions", str(plan.max_sessions),
         "--log_level", "WARNING", "--session_idle_s", "10",
     ]  # fmt: skip
@@ -321,12 +331,12 @@ async def run_benchmark(plan: Plan, repository: Path | None, log) -> tuple[list[
     clip = make_moving_face_clip(10 * FPS, plan.size, FPS)
     speech = speech_clip()
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
-        repo = prepare_repository(plan, Path(tmp), repository)
+        repo, model = prepare_repository(plan, Path(tmp), repository)
         log(
             f"model repository ready ({'given' if repository else plan.weights or f'random weights, width {plan.width}'})"
         )
-        with EmbeddedTritonServer(repo) as server:
-            gateway, url = await start_gateway(plan, server.grpc_url, log)
+        with EmbeddedTritonServer(repo, (model,)) as server:
+            gateway, url = await start_gateway(plan, server.grpc_url, log, model)
             runs: list[Run] = []
             try:
                 for n in range(1, plan.max_sessions + 1):

@@ -126,9 +126,9 @@ async def profile(plan: Plan, log) -> dict:
     speech = speech_clip()
     result: dict = {}
     with tempfile.TemporaryDirectory(prefix="profile-session-") as tmp:
-        repo = prepare_repository(QUICK, Path(tmp), None)
-        with EmbeddedTritonServer(repo) as server:
-            gateway, url = await start_gateway(QUICK, server.grpc_url, log)
+        repo, model = prepare_repository(QUICK, Path(tmp), None)
+        with EmbeddedTritonServer(repo, (model,)) as server:
+            gateway, url = await start_gateway(QUICK, server.grpc_url, log, model)
             clients = [GatewayClient(url, keep_images=False) for _ in range(plan.sessions)]
             try:
                 for client in clients:

@@ -158,9 +158,9 @@ async def run_soak(plan: SoakPlan, log) -> dict:
     restart: dict = {}
     pipeline_plan = Plan(max_sessions=plan.sessions, seconds=0, settle_s=0, width=plan.width)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        repo = prepare_repository(pipeline_plan, Path(tmp), None)
-        with EmbeddedTritonServer(repo) as server:
-            gateway, url = await start_gateway(pipeline_plan, server.grpc_url, log)
+        repo, model = prepare_repository(pipeline_plan, Path(tmp), None)
+        with EmbeddedTritonServer(repo, (model,)) as server:
+            gateway, url = await start_gateway(pipeline_plan, server.grpc_url, log, model)
             started = time.monotonic()
             until = started + 60 * plan.minutes
             bar = tqdm(total=round(60 * plan.minutes), unit="s", desc="soak", file=sys.stderr)

@@ -70,7 +70,8 @@ class GatewayConfig:
         default=150,
     )
     adaptive_budget: bool = _opt(
-        "let the compute budget follow the p99 of recent mouth times (within budget_floor_ms..compute_budget_ms); "
+        "let the compute budget follow the p99 of recent frames' inference + blend times (within "
+        "budget_floor_ms..compute_budget_ms); "
         "a session's delay follows it in 20 ms steps taken in silence",
         default=True,
     )

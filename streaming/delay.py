@@ -4,7 +4,9 @@ D = look-ahead + input hold + compute budget:
 - the look-ahead is the served model's (how far its mel window reaches past a frame);
 - the input hold is how late live audio reaches the session: aiortc's receive path (MIC_INPUT_MS,
   measured by benchmarks/input_hold.py) plus the arrival jitter this session's audio shows;
-- the compute budget follows the p99 of the gateway's recent mouth times, within a floor and a ceiling.
+- the compute budget follows the p99 of the gateway's recent post-audio compute times (from a frame's
+  audio being in to its mouth being pasted: inference and blend; the frame was tracked while its audio
+  was awaited), within a floor and a ceiling.
 
 `ComputeBudget` is one per gateway (every session competes for the same cores); `SessionDelay` is
 one per session and only proposes a target: the A/V synchroniser moves D toward it in 20 ms steps,
@@ -40,8 +42,8 @@ class DelayParts:
 
 
 class ComputeBudget:
-    """The time a frame may take in tracking, inference and blending: `margin` x the p99 of recent
-    mouth times, plus `slack_ms`, kept within [floor_ms, ceiling_ms].
+    """The time a frame may take once its audio is in (inference and blend): `margin` x the p99 of the
+    recent ones, plus `slack_ms`, kept within [floor_ms, ceiling_ms].
 
     A frame that ran out of time counts with the time it was given (it needed at least that), so a
     budget too tight for more than 1 % of frames grows until it is not.
@@ -60,7 +62,7 @@ class ComputeBudget:
         self._p99: float | None = None  # cached: read per frame and per 20 ms of audio, changed per frame
 
     def observe(self, seconds: float) -> None:
-        """A generated frame's mouth time, or the time a frame that ran out of budget was given."""
+        """A generated frame's time from audio in to mouth pasted, or the time a frame that ran out was given."""
         self._recent.append(1000.0 * seconds)
         self._p99 = None
 

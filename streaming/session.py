@@ -232,14 +232,15 @@ class MouthStage(Stage[FaceFrame, OutputFrame]):
         stages["infer"] = inferred - ready
         if generated is None:
             if outcome in ("timeout", "overloaded"):  # out of time: it needed at least what it was given
-                self._budget.observe(stages["track"] + max(inferred - ready, due - ready))
+                self._budget.observe(max(inferred, due) - ready)
             return passthrough(outcome)
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(None, self._faces.blend, video.image, generated, item.region)
         done = time.monotonic()
         stages["blend"] = done - inferred
         stages["mouth"] = stages["track"] + stages["infer"] + stages["blend"]
-        self._budget.observe(stages["mouth"])
+        # What D must leave after a frame's audio is in: its inference and blend (it was tracked meanwhile).
+        self._budget.observe(done - ready)
         for name, seconds in stages.items():
             self._observer.stage(self._session, name, seconds)
         if stages["mouth"] > budget_s:
