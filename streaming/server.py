@@ -144,6 +144,8 @@ class Gateway:
                 await served.inference.warm_up(max_batch=warm_batch)
         # Built off the event loop while the gateway already answers; a session that comes first builds its own.
         self._spawn(asyncio.to_thread(self._prefill_faces), "prefill-faces")
+        frozen = memory.freeze_startup_objects()  # full collections then take ms, not tens of ms
+        logger.debug("%d start-up objects kept out of the collector", frozen)
         lookahead = self.inference.lookahead_ms
         logger.info(
             "gateway ready: backend %s, model look-ahead %g ms, added delay %d ms (microphone) / %d ms (pushed speech)",
