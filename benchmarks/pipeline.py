@@ -312,7 +312,7 @@ def plot(report: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
     for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
         ax1.plot(n, [r.mouth_ms[q] or np.nan for r in runs], style, label=f"mouth {q}")
-    ax1.axhline(report["plan"]["compute_budget_ms"], color="grey", lw=0.8, label="compute budget")
+    ax1.axhline(report["plan"]["compute_budget_ms"], color="grey", lw=0.8, label="compute budget ceiling")
     ax1.set_xlabel("concurrent sessions")
     ax1.set_ylabel("mouth generation latency (ms)")
     ax1.set_xticks(n)
@@ -335,6 +335,7 @@ def plot(report: dict, path: Path) -> None:
         bottom += values
     ax2.plot(n, [r.added_delay_ms["p50"] or np.nan for r in runs], "k-o", label="added delay (gateway)")
     ax2.plot(n, [r.round_trip_ms["p50"] or np.nan for r in runs], "r--o", label="round trip at the peer")
+    ax2.plot(n, [r.delay_ms.get("now", np.nan) for r in runs], "k:s", label="D at the end (look-ahead + hold + budget)")
     ax2.set_xlabel("concurrent sessions")
     ax2.set_ylabel("ms (p50)")
     ax2.set_xticks(n)

@@ -71,6 +71,9 @@ class Plan:
     seconds: float
     settle_s: float = 5.0
     rate_hz: int = 100
+    # Sample only the thread holding the GIL: Python's own CPU time, by stage (a thread waiting for the GIL
+    # is otherwise counted where it waits); native work that releases the GIL (codecs, ONNX Runtime) is missed.
+    gil: bool = False
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -117,7 +120,7 @@ def start_sampling(pid: int, plan: Plan, out: Path) -> subprocess.Popen | None:
     if not Path(spy).exists():
         return None
     command = [spy, "record", "--pid", str(pid), "--duration", str(int(plan.seconds)), "--rate", str(plan.rate_hz),
-               "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
+               "--format", "raw", "--output", str(out), "--nonblocking", *(["--gil"] if plan.gil else [])]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -188,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=15.0, help="profiling window")
     parser.add_argument("--sessions", type=int, default=1, help="concurrent peers")
+    parser.add_argument("--gil", action="store_true", help="sample only the thread holding the GIL (see Plan.gil)")
     parser.add_argument("--out", type=Path, default=RESULTS / "profile_session.json")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
         parser.error("espeak-ng is needed for the speech (apt-get install espeak-ng)")
-    plan = Plan(sessions=args.sessions, seconds=args.seconds)
+    plan = Plan(sessions=args.sessions, seconds=args.seconds, gil=args.gil)
     load_before = os.getloadavg()
     started = time.perf_counter()
 
