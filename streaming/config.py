@@ -65,8 +65,8 @@ class GatewayConfig:
     )
     fps: float = _opt("frame rate of the presenter and of the mel window indexing", default=25.0)
     compute_budget_ms: int = _opt(
-        "time a frame may spend in tracking, inference and blending: with adaptive_budget, the ceiling of the "
-        "measured budget (and the budget until frames have been timed)",
+        "time a frame may spend once its audio is in (inference and blending): with adaptive_budget, the ceiling "
+        "of the measured budget (and the budget until frames have been timed)",
         default=150,
     )
     adaptive_budget: bool = _opt(

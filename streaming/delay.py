@@ -90,16 +90,11 @@ class ComputeBudget:
             return self.ceiling_ms
         return min(self.ceiling_ms, max(self.floor_ms, self.margin * self.p99_ms + self.slack_ms))
 
-
-class FixedBudget(ComputeBudget):
-    """A budget that does not move (`--adaptive_budget false`): the configured ceiling, always."""
-
-    def __init__(self, ms: float) -> None:
-        super().__init__(ms, ms)
-
-    @property
-    def ms(self) -> float:
-        return self.ceiling_ms
+    @classmethod
+    def for_gateway(cls, config) -> ComputeBudget:
+        """The budget a GatewayConfig asks for; `--adaptive_budget false` pins it at the ceiling (floor = ceiling)."""
+        floor = config.budget_floor_ms if config.adaptive_budget else config.compute_budget_ms
+        return cls(floor, config.compute_budget_ms)
 
 
 class ArrivalJitter:

@@ -40,8 +40,8 @@ from lipsync.client.contract import FULL_LOOKAHEAD_MS
 from lipsync.streaming import memory, speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
-from lipsync.streaming.config import GatewayConfig, parse_args
-from lipsync.streaming.delay import ComputeBudget, FixedBudget
+from lipsync.streaming.config import MIC_INPUT_MS, GatewayConfig, parse_args
+from lipsync.streaming.delay import ComputeBudget, SessionDelay
 from lipsync.streaming.face_pool import FaceProcessorPool
 from lipsync.streaming.ice import allow_loopback_candidates, rtc_configuration
 from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
@@ -91,11 +91,7 @@ class Gateway:
             self.presenter = PresenterSource.from_clip(config.presenter_clip)
         self.avatars: dict[str, ServedAvatar] = load_served_avatars(config, avatar_backends)
         # One compute budget for every session: they share the cores, so they share what a frame costs.
-        self.budget = (
-            ComputeBudget(config.budget_floor_ms, config.compute_budget_ms)
-            if config.adaptive_budget
-            else FixedBudget(config.compute_budget_ms)
-        )
+        self.budget = ComputeBudget.for_gateway(config)
         # The face detector's and mesh's graphs, built once per session slot and recycled (streaming/face_pool.py).
         self.faces = FaceProcessorPool(lambda still: new_face_processor(config, still), keep=config.max_sessions)
         if config.ice_loopback:
@@ -244,9 +240,12 @@ class Gateway:
                 # What a new session starts with: the look-ahead, the live input's hold, the budget now.
                 "added_delay_ms": {
                     speech: round(
-                        self.config.delay_ms(speech, inference.lookahead_ms if inference else FULL_LOOKAHEAD_MS)
-                        - self.config.compute_budget_ms
-                        + self.budget.ms
+                        SessionDelay(
+                            self.budget,
+                            lookahead_ms=inference.lookahead_ms if inference else FULL_LOOKAHEAD_MS,
+                            input_base_ms=MIC_INPUT_MS,
+                            live_input=speech == "microphone",
+                        ).target_ms()
                     )
                     for speech in SPEECH_SOURCES
                 },

@@ -26,7 +26,7 @@ from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pa
 from lipsync.client.face_tracking import FaceTracker
 from lipsync.streaming.av_sync import AvSynchronizer, MediaClock
 from lipsync.streaming.config import MIC_INPUT_MS, GatewayConfig
-from lipsync.streaming.delay import ComputeBudget, FixedBudget, SessionDelay
+from lipsync.streaming.delay import ComputeBudget, SessionDelay
 from lipsync.streaming.frames import CLOCK_RATE, FaceFrame, OutputFrame, SenderClock, VideoFrame, clock_to_seconds
 from lipsync.streaming.inference import FrameInference
 from lipsync.streaming.metrics import GatewayObserver
@@ -293,11 +293,7 @@ class Session:
         # D = look-ahead + input hold + compute budget (streaming/delay.py). The budget is the gateway's
         # (every session shares its cores); a session made alone gets its own.
         if budget is None:
-            budget = (
-                ComputeBudget(config.budget_floor_ms, config.compute_budget_ms)
-                if config.adaptive_budget
-                else FixedBudget(config.compute_budget_ms)
-            )
+            budget = ComputeBudget.for_gateway(config)
         self.delay_target = SessionDelay(
             budget,
             lookahead_ms=self.lookahead_ms,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lipsync.streaming.av_sync import AUDIO_FRAME, AvSynchronizer, MediaClock
-from lipsync.streaming.delay import ArrivalJitter, ComputeBudget, FixedBudget, SessionDelay
+from lipsync.streaming.delay import ArrivalJitter, ComputeBudget, SessionDelay
 from lipsync.streaming.frames import CLOCK_RATE, AudioChunk, OutputFrame, VideoFrame
 from lipsync.streaming.metrics import GatewayObserver
 from lipsync.streaming.speech_source import SpeechTimeline
@@ -38,7 +38,7 @@ def test_the_budget_follows_the_p99_within_its_floor_and_ceiling() -> None:
     assert budget.ms == 150
     with pytest.raises(ValueError, match="floor 200, ceiling 150"):
         ComputeBudget(200, 150)
-    fixed = FixedBudget(150)
+    fixed = ComputeBudget(150, 150)  # what --adaptive_budget false makes
     fixed.observe(0.01)
     assert fixed.ms == 150
 
