@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := espeak-ng libespeak-ng1 chromium libgl1 libglib2.0-0
+APT_PACKAGES := espeak-ng libespeak-ng1 chromium libgl1 libglib2.0-0 nginx-light libnginx-mod-rtmp libb64-0d
 DEFAULT_ONNX := model_repository/wav2lip_onnx/1/model.onnx
 LIVE_ONNX := model_repository/wav2lip_live/1/model.onnx
 
