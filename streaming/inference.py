@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from lipsync.client import contract
-from lipsync.client.backends.base import BackendError, BackendUnavailable, LipSyncBackend
+from lipsync.client.backends.base import BackendError, BackendTimeout, BackendUnavailable, LipSyncBackend
 from lipsync.streaming.metrics import GatewayObserver
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 FAILURES_BEFORE_DOWN = 5
 # /healthz sends its own request when no request was answered for this long (an idle gateway).
 PROBE_AFTER_S = 5.0
+# How long past its budget a request may run before it is abandoned from asyncio: a backend ends its
+# own requests at the budget; this only guards one that does not.
+SAFETY_MARGIN_S = 0.5
 
 
 class FrameInference:
@@ -111,8 +114,8 @@ class FrameInference:
         mel = np.zeros(contract.MEL_INPUT.shape, np.float32)
         face = np.zeros(contract.FACE_INPUT.shape, np.float32)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self.backend.infer_frame(mel, face)
+            async with asyncio.timeout(timeout_s + SAFETY_MARGIN_S):
+                await self.backend.infer_frame(mel, face, timeout_s=timeout_s)
         except (TimeoutError, BackendError, ValueError) as exc:
             self.failures_in_a_row += 1
             logger.info("inference probe failed: %s", exc or "no answer in time")
@@ -139,9 +142,13 @@ class FrameInference:
         budget = min(self._timeout, deadline - sent)
         self.in_flight += 1
         try:
-            async with asyncio.timeout(budget):
-                out = await self.backend.infer_frame(mel[None].astype(np.float32), face.astype(np.float32))
-        except TimeoutError:
+            # The backend ends the request at the budget itself (Triton: the call's gRPC deadline, since
+            # cancelling a grpc.aio call leaks); the outer timeout only guards a backend that does not.
+            async with asyncio.timeout(budget + SAFETY_MARGIN_S):
+                out = await self.backend.infer_frame(
+                    mel[None].astype(np.float32), face.astype(np.float32), timeout_s=budget
+                )
+        except (TimeoutError, BackendTimeout):
             logger.debug("inference took over its %.0f ms budget", 1000 * budget)
             self._observer.backend_error("timeout")
             self._slower()

@@ -24,6 +24,10 @@ class BackendUnavailable(BackendError):
     """The backend is not reachable right now; callers may pass frames through and retry later."""
 
 
+class BackendTimeout(BackendError):
+    """The backend did not answer within the time the caller gave the request."""
+
+
 def check_frame(mel: np.ndarray, face: np.ndarray) -> None:
     """Raise ValueError unless mel and face are one frame's inputs of the contract's shapes."""
     if mel.shape != contract.MEL_INPUT.shape:
@@ -66,14 +70,21 @@ class LipSyncBackend(ABC):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(self.infer, mel, faces))
 
-    async def infer_frame(self, mel: np.ndarray, face: np.ndarray) -> np.ndarray:
+    async def infer_frame(self, mel: np.ndarray, face: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """One live frame: a (1, 80, 16) mel window and a (6, 96, 96) face pair -> the (3, 96, 96) face.
 
         What the gateway calls per frame. In-process backends run it as a batch of one; the Triton
         backend sends it as one request, and the server's dynamic batcher forms the batches.
+        `timeout_s` bounds the wait: BackendTimeout when it passes (the work itself may still finish).
         """
         check_frame(mel, face)
-        return (await self.infer_async(mel[None], face[None]))[0]
+        if timeout_s is None:
+            return (await self.infer_async(mel[None], face[None]))[0]
+        try:
+            async with asyncio.timeout(timeout_s):
+                return (await self.infer_async(mel[None], face[None]))[0]
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{self.name} did not answer within {1000 * timeout_s:.0f} ms") from exc
 
     @abstractmethod
     def _infer_batch(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:

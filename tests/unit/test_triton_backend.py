@@ -13,7 +13,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from lipsync.client import contract
-from lipsync.client.backends.base import BackendError, BackendUnavailable
+from lipsync.client.backends.base import BackendError, BackendTimeout, BackendUnavailable
 from lipsync.client.backends.triton import TritonBackend
 from lipsync.client.triton_server import ServerConfig, free_port
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize(
     ("status", "message", "kind", "text"),
     [
-        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", BackendError, "did not answer within 2 s"),
-        ("StatusCode.UNAVAILABLE", "Request timeout expired", BackendError, "did not answer within 2 s"),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", BackendTimeout, "did not answer in time"),
+        ("StatusCode.UNAVAILABLE", "Request timeout expired", BackendTimeout, "did not answer in time"),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", BackendError, "overloaded"),
         ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", BackendUnavailable, "unreachable"),
         (
