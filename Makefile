@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng libespeak-ng1 chromium libgl1 libglib2.0-0 nginx-light
 DEFAULT_ONNX := model_repository/wav2lip_onnx/1/model.onnx
 LIVE_ONNX := model_repository/wav2lip_live/1/model.onnx
 
-.PHONY: setup apt venv export demo test test-fast lint bench clean
+.PHONY: setup apt venv export demo test test-fast lint bench perf clean
 
 setup: apt $(STAMP) $(DEFAULT_ONNX) $(LIVE_ONNX)
 
@@ -58,6 +58,10 @@ bench: setup
 	$(BIN)/python -m lipsync.benchmarks.offline
 	$(BIN)/python -m lipsync.benchmarks.serving --quick
 	$(BIN)/python -m lipsync.benchmarks.pipeline --quick
+
+# Triton's own load generator against the embedded server: concurrency sweep of both served models.
+perf: setup
+	$(BIN)/python -m lipsync.benchmarks.perf_analyzer --models wav2lip_python wav2lip_live
 
 clean:
 	rm -rf $(VENV) results $(DEFAULT_ONNX) model_repository/wav2lip_live

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -39,6 +39,7 @@ from lipsync.client.compositing import Compositor
 from lipsync.client.face_crop import CropRegion, crop_face, model_face_input, pad_box
 from lipsync.client.face_tracking import FaceTracker, FixedBoxDetector, MediaPipeFaceDetector, TrackerConfig
 from lipsync.client.stage_timer import StageTimer
+from lipsync.client.stream_publish import FilePublisher, PublishError, PublishUrl, StreamSpec, redact_url
 from lipsync.client.video_io import (
     FaceSourceInfo,
     MediaError,
@@ -98,6 +99,13 @@ class LipSyncConfig:
         metadata={"help": "generator weights: .onnx, our .pt, or a released wav2lip(.pth|_gan.pth|-SD-*.pt)"},
     )
     outfile: Path = field(default=Path("results/result_voice.mp4"), metadata={"help": "output MP4"})
+    publish: str | None = field(
+        default=None,
+        metadata={
+            "help": "also publish the result live, paced at 1x, to rtmp://HOST[:PORT]/APP/KEY (or rtmps://); the "
+            "MP4 is still written. 5 tries to connect at start, then reconnects with back-off (docs/rtmp.md)"
+        },
+    )
     static: bool = field(default=False, metadata={"help": "use only the first video frame"})
     fps: float = field(default=25.0, metadata={"help": "frame rate for a still-image input"})
     pads: tuple[int, ...] = field(
@@ -140,6 +148,8 @@ class LipSyncConfig:
             raise ValueError(
                 f"give --avatar or --checkpoint_path, not both: the avatar {self.avatar} brings its own weights"
             )
+        if self.publish is not None:
+            PublishUrl(self.publish)  # the scheme, host and key checked before any work
         if self.face is None and self.avatar is None:
             raise ValueError("--face is required (a video or photo of the person), unless --avatar is given")
         if not math.isfinite(self.fps) or not 0 < self.fps <= MAX_STILL_FPS:
@@ -187,6 +197,7 @@ class LipSyncReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     summary: str = ""
+    publish: dict = field(default_factory=dict)  # --publish: what went out live (client/stream_publish.py)
 
 
 class LipSyncError(RuntimeError):
@@ -301,6 +312,13 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     batch_size = frames_per_batch(width, height, config.wav2lip_batch_size)
     if batch_size < config.wav2lip_batch_size:
         log.info("frames of %dx%d: %d per batch to bound memory", width, height, batch_size)
+    if config.publish:  # a second per batch: the first frame goes out soon, the next batch is made while it plays
+        batch_size = min(batch_size, max(1, round(fps)))
+    live = None
+    if config.publish:
+        with timer.stage("publish"):
+            live = FilePublisher(config.publish, config.audio, StreamSpec(width, height, fps), n_frames)
+            live.connect()  # a server that is not there ends the job here, before the model is even loaded
     report = LipSyncReport(outfile=config.outfile, fps=fps, width=width, height=height)
     report.avatar = avatar.name if avatar is not None else ""
     report.audio_seconds = len(wav) / contract.SAMPLE_RATE
@@ -329,6 +347,7 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
     still_box = None  # a still image is detected once and the box reused, as the original did
 
     writer = Mp4Writer(config.outfile, width=width, height=height, fps=fps)
+    completed = False
     video_counts = VideoDecodeCounts()
     frames = numbered_frames(info, config, video_counts)
     bar = tqdm(total=n_frames, unit="frame", desc="lipsync", disable=not progress)
@@ -381,10 +400,15 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
             with timer.stage("encode"):
                 for frame in out_frames:
                     writer.write_video(frame)
+            if live is not None:
+                with timer.stage("publish"):  # paced: waits while two seconds are queued
+                    for frame in out_frames:
+                        live.send_frame(frame)
             report.frames += count
             report.frames_with_face += len(with_face)
             report.frames_without_face += count - len(with_face)
             bar.update(count)
+        completed = True
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: keeping the %d frames written so far", report.frames)
@@ -394,6 +418,9 @@ def run(config: LipSyncConfig, *, progress: bool = True) -> LipSyncReport:
             writer.close()
             if report.interrupted:  # the soundtrack was written whole: cut it where the video stops
                 trim_audio_to_video(config.outfile, report.frames / fps)
+        if live is not None:
+            with timer.stage("publish"):  # a finished job sends what is queued; a stopped one drops it
+                report.publish = live.close(drain=completed)
         backend.close()
         compositor.close()
         report.frames_default_mouth = compositor.stats.default_shape_frames
@@ -429,13 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(LipSyncConfig, args)
         report = run(config, progress=not args.quiet)
-    except (MediaError, AudioError, BackendError, FileNotFoundError, ValueError, LipSyncError) as exc:
+    except (MediaError, AudioError, BackendError, FileNotFoundError, ValueError, LipSyncError, PublishError) as exc:
         print(f"lipsync: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the first frame: there is no file worth keeping
         print("lipsync: interrupted before any frame was written", file=sys.stderr)
         return 130
-    write_resolved_config(config, config.outfile.with_suffix(".json"), {"report": report.__dict__})
+    written = replace(config, publish=redact_url(config.publish)) if config.publish else config  # no stream key
+    write_resolved_config(written, config.outfile.with_suffix(".json"), {"report": report.__dict__})
     if not args.quiet:
         print(
             f"\nwrote {report.outfile}: {report.frames} frames {report.width}x{report.height} @ {report.fps:g} fps, "
@@ -459,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"blend: no face landmarks on {report.frames_default_mouth} frames; "
                 "the mouth mask was drawn where a mouth usually sits in the face box"
+            )
+        if report.publish:
+            live = report.publish
+            print(
+                f"published to {live['url']}: {live['frames_sent']} frames, {live['audio_sent_s']:.2f} s audio; "
+                f"{live['drops']} drops, {live['reconnects']} reconnects, "
+                f"{sum(live['frames_dropped'].values())} frames dropped, {live['stalls']} stalls"
             )
         print(report.summary)
     return 130 if report.interrupted else 0

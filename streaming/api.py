@@ -38,14 +38,9 @@ async def json_errors(request: web.Request, handler):
         raise ApiError(exc.status, exc.reason or exc.text or "refused") from exc
 
 
-async def read_json_body(
-    request: web.Request, limit: int, observer: GatewayObserver, what: str, timeout_s: float = 10.0
-) -> object:
-    """The request's JSON body, read to its end (it may arrive in several TCP segments), at most `limit`
+async def read_body(request: web.Request, limit: int, observer: GatewayObserver, what: str, timeout_s: float) -> bytes:
+    """The request's body, read to its end (it may arrive in several TCP segments), at most `limit`
     bytes, within `timeout_s`: a client that stalls mid-body gets 408 instead of holding a handler."""
-    if request.content_type != "application/json":
-        observer.rejected("content_type")
-        raise ApiError(415, f"POST /{what} needs Content-Type application/json, got {request.content_type!r}")
     if (request.content_length or 0) > limit:
         observer.rejected("too_large")
         raise ApiError(413, f"{what} body of {request.content_length} bytes is over the {limit}-byte limit")
@@ -63,6 +58,17 @@ async def read_json_body(
     if len(body) > limit:
         observer.rejected("too_large")
         raise ApiError(413, f"{what} body is over the {limit}-byte limit")
+    return bytes(body)
+
+
+async def read_json_body(
+    request: web.Request, limit: int, observer: GatewayObserver, what: str, timeout_s: float = 10.0
+) -> object:
+    """The request's JSON body (read_body's rules), parsed."""
+    if request.content_type != "application/json":
+        observer.rejected("content_type")
+        raise ApiError(415, f"POST /{what} needs Content-Type application/json, got {request.content_type!r}")
+    body = await read_body(request, limit, observer, what, timeout_s)
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

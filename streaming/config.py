@@ -16,6 +16,7 @@ from lipsync.client.avatar import load_avatars
 from lipsync.client.backends import BACKEND_NAMES, DEFAULT_TRITON_URL
 from lipsync.client.blend import BLEND_MODES, DEFAULT_BLEND
 from lipsync.client.cli_config import add_dataclass_arguments, config_from_args, config_from_mapping
+from lipsync.client.stream_publish import PublishUrl, redact_url
 
 BACKENDS = BACKEND_NAMES  # one list, client.backends
 logger = logging.getLogger(__name__)
@@ -102,6 +103,12 @@ class GatewayConfig:
     )
     presenter_image: str | None = _opt("still face for presenter sessions", default=None)
     presenter_clip: str | None = _opt("looping face clip for presenter sessions", default=None)
+    publish: str | None = _opt(
+        "publish one server-owned presenter session (no WebRTC peer) live to rtmp://HOST[:PORT]/APP/KEY (or "
+        "rtmps://); needs presenter_image or presenter_clip. Its speech is pushed to /speech/{id} (the id is logged "
+        "and in /healthz); the stream reconnects forever with back-off (docs/rtmp.md)",
+        default=None,
+    )
     avatars: tuple[str, ...] = _opt(
         "an enrolled avatar folder (lipsync-train enroll); repeat for several. Each gets its own model "
         "(backend=triton: its served model avatar_<name>; in-process: its own weights) and its loop as the "
@@ -158,6 +165,10 @@ class GatewayConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.backend_timeout_s <= 0 or self.backend_retry_s < 0 or self.max_speech_seconds <= 0:
             raise ValueError("backend_timeout_s and max_speech_seconds must be positive, backend_retry_s not negative")
+        if self.publish is not None:
+            PublishUrl(self.publish)  # a bad scheme, host or key, or a protocol FFmpeg lacks: said at start
+            if not (self.presenter_image or self.presenter_clip):
+                raise ValueError("publish needs presenter_image or presenter_clip: the face it publishes")
         if self.presenter_image and self.presenter_clip:
             raise ValueError("give presenter_image or presenter_clip, not both")
         for name in ("presenter_image", "presenter_clip"):
@@ -209,6 +220,7 @@ class GatewayConfig:
         """The resolved config without the secret, for logs and /healthz."""
         data = asdict(self)
         data["token"] = "***" if self.token else None
+        data["publish"] = redact_url(self.publish)  # the stream key is a secret too
         return data
 
 

@@ -1,7 +1,8 @@
 """The gateway (aiohttp): routes, session lifecycle and WebRTC negotiation; the web page, health, stats, metrics.
 
 The pieces it routes to: api.py (JSON refusals, bounded bodies, the token, log redaction),
-offer.py (what an offer must hold), speech_push.py (the two speech-push protocols).
+offer.py (what an offer must hold), speech_push.py (the two speech-push protocols), whip.py (WHIP
+ingest and WHEP playback, docs/whip_whep.md); relay.py fans each session's output out to its receivers.
 
 POST /offer takes {"sdp", "type": "offer"} (optionally "speech": "microphone"|"push",
 "mode": "camera"|"presenter" and "avatar": NAME, one of the --avatar folders: that avatar's own
@@ -28,6 +29,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -37,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from lipsync.client.backends import create_backend
 from lipsync.client.backends.base import BackendError, LipSyncBackend
 from lipsync.client.contract import FULL_LOOKAHEAD_MS
-from lipsync.streaming import memory, speech_push
+from lipsync.streaming import memory, publish, speech_push
 from lipsync.streaming.api import ApiError, authorize, json_errors, read_json_body, redact_access_log
 from lipsync.streaming.avatars import ServedAvatar, avatar_backend, create_avatar_backends, load_served_avatars
 from lipsync.streaming.config import MIC_INPUT_MS, GatewayConfig, parse_args
@@ -48,8 +50,10 @@ from lipsync.streaming.inference import PROBE_AFTER_S, FrameInference
 from lipsync.streaming.metrics import GatewayObserver
 from lipsync.streaming.offer import parse_offer
 from lipsync.streaming.presenter import PresenterSource
+from lipsync.streaming.relay import SessionOutputs
+from lipsync.streaming.say import SayRoute
 from lipsync.streaming.session import SPEECH_SOURCES, Session, SessionOptions, new_face_processor, still_face
-from lipsync.streaming.tracks import DelayedAudioTrack, LipSyncVideoTrack
+from lipsync.streaming.whip import Viewer, WhipEndpoints
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +63,23 @@ STATIC_DIR = Path(__file__).parent / "static"
 class PeerSession:
     """A session with its peer connection and the frame inference it uses (the default's or its avatar's)."""
 
-    def __init__(self, session: Session, pc: RTCPeerConnection, inference: FrameInference | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        pc: RTCPeerConnection,
+        inference: FrameInference | None = None,
+        outputs: SessionOutputs | None = None,
+        protocol: str = "offer",
+    ) -> None:
         self.session = session
         self.pc = pc
         self.inference = inference
         self.speech_sockets: set[speech_push.SpeechSocket] = set()  # closed with the session
+        # The session's outgoing tracks, read once and relayed to its own peer and to WHEP viewers.
+        self.outputs = outputs
+        self.viewers: dict[str, Viewer] = {}  # WHEP viewers (streaming/whip.py), closed with the session
+        # What opened it ("offer", "whip", "whep"): its resource is /sessions/{id}, /whip/{id} or /whep/{id}.
+        self.protocol = protocol
 
 
 class Gateway:
@@ -85,6 +101,7 @@ class Gateway:
         # One watchdog per session until its peer connects; cancelled when the session closes.
         self._connect_deadlines: dict[str, asyncio.Task] = {}
         self.presenter: PresenterSource | None = None
+        self.publish: publish.PublishedPresenter | None = None  # --publish: the session sent to an RTMP server
         if config.presenter_image:
             self.presenter = PresenterSource.from_image(config.presenter_image)
         elif config.presenter_clip:
@@ -111,6 +128,8 @@ class Gateway:
         app.router.add_delete("/sessions/{session_id}", self.delete_session)
         app.router.add_get("/speech/{session_id}", self.speech_ws)
         app.router.add_post("/speech/{session_id}", self.speech_http)
+        WhipEndpoints(self).register(app)
+        SayRoute(self).register(app)  # POST /say/{id}: typed text spoken into a push session
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
@@ -152,8 +171,12 @@ class Gateway:
         )
         if self.avatars:
             logger.info("avatars: %s", ", ".join(f"{name} ({a.avatar.root})" for name, a in self.avatars.items()))
+        if self.config.publish:
+            self.publish = await publish.start(self)
 
     async def _shutdown(self, _app: web.Application) -> None:
+        if self.publish is not None:
+            await self.publish.close()
         await asyncio.gather(*(self.close_session(sid) for sid in list(self.peers)), return_exceptions=True)
         # The owned tasks are session closings: let them finish (cancelling one inside aiortc's
         # pc.close() breaks its shared close future), and cancel only what hangs.
@@ -203,6 +226,11 @@ class Gateway:
         if peer is None:
             return
         await asyncio.gather(*(sock.close("session closed") for sock in list(peer.speech_sockets)))
+        viewers = list(peer.viewers.values())
+        peer.viewers.clear()
+        await asyncio.gather(*(viewer.aclose() for viewer in viewers))
+        if peer.outputs is not None:
+            await peer.outputs.aclose()
         await peer.session.aclose()
         await peer.pc.close()
         # What the session's frames, codecs and threads freed goes back to the OS (streaming/memory.py).
@@ -256,7 +284,9 @@ class Gateway:
                     "ceiling": self.budget.ceiling_ms,
                     "adaptive": self.config.adaptive_budget,
                 },
+                "resident_mb": memory.resident_mb(),
                 "presenter": self.presenter is not None,
+                "publish": self.publish.status() if self.publish is not None else None,
                 "avatars": dict(zip(self.avatars, avatars_answering, strict=True)),
             },
             status=200 if answering else 503,
@@ -276,6 +306,12 @@ class Gateway:
     async def offer(self, request: web.Request) -> web.Response:
         self._authorize(request)
         sdp, options = await self._read_offer(request)
+        with self.session_slot():
+            return await self._answer(sdp, options)
+
+    @contextlib.contextmanager
+    def session_slot(self) -> Iterator[None]:
+        """Hold one of the max_sessions slots while a session is set up: 503 (Retry-After) when none is free."""
         if len(self.peers) + self._pending_offers >= self.config.max_sessions:
             self.observer.rejected("max_sessions")
             raise ApiError(
@@ -283,11 +319,24 @@ class Gateway:
             )
         self._pending_offers += 1
         try:
-            return await self._answer(sdp, options)
+            yield
         finally:
             self._pending_offers -= 1
 
     async def _answer(self, sdp: str, options: SessionOptions) -> web.Response:
+        peer = await self.open_session(sdp, options)
+        session, pc = peer.session, peer.pc
+        return web.json_response(
+            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session.id},
+            headers={"Location": f"/sessions/{session.id}"},
+        )
+
+    async def open_session(
+        self, sdp: str, options: SessionOptions, *, need_video: bool = True, protocol: str = "offer"
+    ) -> PeerSession:
+        """A session for this offer, its peer connection answered (pc.localDescription) and registered;
+        ApiError 400 when the offer cannot be used (`need_video`: it must have a video m-line). Call it
+        inside `session_slot()`. The POST /offer, WHIP and WHEP routes all open their sessions here."""
         # A session with an avatar runs on that avatar's model, and presents its loop; otherwise the defaults.
         served = self.avatars[options.avatar] if options.avatar is not None else None
         inference = served.inference if served is not None else self.inference
@@ -304,6 +353,7 @@ class Gateway:
             budget=self.budget,
         )
         log = {"session_id": session.id}
+        outputs = SessionOutputs(session.sync, self.observer, session.id)
 
         @pc.on("track")
         def on_track(track) -> None:
@@ -334,18 +384,21 @@ class Gateway:
                 if kind in kinds:
                     continue
                 kinds.add(kind)
-                pc.addTrack(LipSyncVideoTrack(session.sync) if kind == "video" else DelayedAudioTrack(session.sync))
-            if "video" not in kinds:
+                # A peer that only sends (a WHIP publisher) never reads its track: the relay then skips it.
+                pc.addTrack(outputs.subscribe(kind))
+            if need_video and "video" not in kinds:
                 raise ValueError("the offer has no video m-line to send the lip-synced video on")
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except Exception as exc:  # aiortc raises many types for a bad SDP; all are the peer's fault here
+            await outputs.aclose()
             await session.aclose()
             await pc.close()
             self.observer.rejected("bad_sdp")
             logger.info("offer refused: %s", exc, extra=log)
             raise ApiError(400, f"cannot use this offer: {exc}") from exc
-        self.peers[session.id] = PeerSession(session, pc, inference)
+        self.peers[session.id] = peer = PeerSession(session, pc, inference, outputs, protocol)
+        outputs.start()
         self._watch_connection(session.id, connected)
         if options.avatar is None:
             logger.info("session opened (%s speech, %s video)", options.speech, options.mode, extra=log)
@@ -357,10 +410,7 @@ class Gateway:
                 options.avatar,
                 extra=log,
             )
-        return web.json_response(
-            {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session_id": session.id},
-            headers={"Location": f"/sessions/{session.id}"},
-        )
+        return peer
 
     def _watch_connection(self, session_id: str, connected: asyncio.Event) -> None:
         """Close the session if its peer has not connected in time: an offer that never completes ICE
@@ -394,6 +444,7 @@ class Gateway:
             mode=peer.session.options.mode,
             avatar=peer.session.options.avatar,
             connection=peer.pc.connectionState,
+            viewers=len(peer.viewers),
             backend_available=bool(peer.inference and peer.inference.available),
             speech_queued_s=round(peer.session.push_speech.queued_s, 3) if peer.session.push_speech else None,
         )

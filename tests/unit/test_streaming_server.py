@@ -55,6 +55,7 @@ async def error_of(response) -> str:
 async def test_health_metrics_and_page(client) -> None:
     health = await (await client.get("/healthz")).json()
     assert health["status"] == "ok" and health["sessions"] == 0 and health["backend"] == "grey"
+    assert 10 < health["resident_mb"] < 100_000  # this process's own VmRSS, for watching a long run
     metrics = await (await client.get("/metrics")).text()
     assert "lipsync_sessions_active 0.0" in metrics and "lipsync_stage_seconds" in metrics
     page = await (await client.get("/")).text()
