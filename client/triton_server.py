@@ -87,6 +87,24 @@ def _shm_regions() -> set[str]:
     return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")} if SHM_DIR.is_dir() else set()
 
 
+def _shm_mapped_by(pids: list[int]) -> set[str]:
+    """The Python backend's shared-memory regions these processes have mapped (from /proc/PID/maps).
+
+    What a server owns is what its own processes map: a region that merely appeared while it started
+    may be another server's, started at the same moment (a test beside a running benchmark)."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            path = line.rsplit(None, 1)[-1] if line.count(" ") >= 5 else ""
+            if path.startswith(f"{SHM_DIR}/{SHM_PREFIX}"):
+                names.add(Path(path).name)
+    return names
+
+
 class TritonServerError(RuntimeError):
     """tritonserver could not be found, started, or made ready."""
 
@@ -333,7 +351,7 @@ class EmbeddedTritonServer:
                 )
             if self.is_ready():
                 self._stubs = {pid for pid in process_group(self._process.pid) if _is_stub(pid)}
-                self._shm_ours = _shm_regions() - self._shm_before
+                self._shm_ours = (_shm_regions() - self._shm_before) & _shm_mapped_by(process_group(self._process.pid))
                 log.info(
                     "tritonserver ready: gRPC %s, HTTP %s, models %s",
                     self.grpc_url,
