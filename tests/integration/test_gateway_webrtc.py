@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,13 @@ from aiohttp import web
 
 from lipsync.benchmarks.peer import BLOCK, GatewayClient, av_offsets, mouth_difference, speech_intervals
 from lipsync.client import contract
-from lipsync.client.audio import load_audio
 from lipsync.client.backends.triton import TritonBackend
 from lipsync.client.face_tracking import FaceBox
 from lipsync.client.triton_server import EmbeddedTritonServer
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.frames import CLOCK_RATE
 from lipsync.streaming.server import Gateway
-from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, frame_without_face, make_moving_face_clip
+from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, espeak, frame_without_face, make_moving_face_clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,14 +46,6 @@ HANGOVER_S = 0.12
 # Correctness, not speed, is tested here (timings are benchmarks/pipeline.py's): a generous compute
 # budget keeps the shared 2-core CI machine from turning late frames into pass-throughs.
 BUDGET_MS = 1000
-
-
-def espeak(text: str) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-        subprocess.run(["espeak-ng", "-w", f.name, text], check=True)
-        return load_audio(f.name)
 
 
 def bursts(*texts: str, gap_s: float = 1.5) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,13 +30,12 @@ import pytest
 from aiohttp import web
 
 from lipsync.benchmarks.peer import mouth_difference, read_index, stamp_index
-from lipsync.client.audio import load_audio
 from lipsync.client.face_tracking import FaceBox
 from lipsync.client.stream_publish import AUDIO_RATE, ReconnectPolicy, StreamPublisher, StreamSpec
 from lipsync.client.video_io import SYNTHETIC_NOTICE
 from lipsync.streaming.config import GatewayConfig
 from lipsync.streaming.server import Gateway
-from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr
+from tests.media import ASTRONAUT_FACE_BOX, astronaut_bgr, espeak
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -206,14 +204,6 @@ class Viewer(threading.Thread):
 
 
 # -- media
-def espeak(text: str) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
-        subprocess.run(["espeak-ng", "-w", f.name, text], check=True)
-        return load_audio(f.name)
-
-
 def speech_with_pauses(*texts: str, gap_s: float = 1.0) -> np.ndarray:
     """16 kHz speech: each text spoken, with gap_s of silence before, between and after."""
     silence = np.zeros(int(gap_s * 16_000), np.float32)
